@@ -1,0 +1,11 @@
+//! graft: a compiler-style graph rewriter for ONNX model surgery.
+//!
+//! Layers, top to bottom (each depends only on the ones below): `cli` (in the binary), `driver`
+//! (pass manager), `passes` (one file per pass, in the top-level `passes/` folder), `rewrite`,
+//! `eval` (CPU reference kernels), `ir`, `onnx` and `text` (formats).
+
+pub mod error;
+pub mod ir;
+pub mod onnx;
+
+pub use error::{Error, Result};
