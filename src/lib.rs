@@ -7,5 +7,9 @@
 pub mod error;
 pub mod ir;
 pub mod onnx;
+pub mod text;
 
 pub use error::{Error, Result};
+pub mod driver;
+#[path = "../passes/mod.rs"]
+pub mod passes;

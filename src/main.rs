@@ -1,3 +1,8 @@
+//! The `graft` command line. Library errors become one `error: ...` line and exit code 1;
+//! usage errors exit with 2.
+
+mod cli;
+
 fn main() {
-    println!("Hello, world!");
+    std::process::exit(cli::main());
 }

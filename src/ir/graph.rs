@@ -170,7 +170,9 @@ impl Graph {
     /// Creates a value with exactly this name. Errors if the name is taken.
     pub fn add_value(&mut self, name: &str) -> Result<ValueId> {
         if self.names.contains_key(name) {
-            return Err(Error::graph(format!("value name '{name}' is defined twice")));
+            return Err(Error::graph(format!(
+                "value name '{name}' is defined twice"
+            )));
         }
         let id = ValueId(self.values.len() as u32);
         self.values.push(Value {
@@ -453,9 +455,10 @@ impl Graph {
                 self.value(old).name
             )));
         }
-        let (p, slot) = self.value(new).producer.ok_or_else(|| {
-            Error::graph(format!("'{}' has no producer", self.value(new).name))
-        })?;
+        let (p, slot) = self
+            .value(new)
+            .producer
+            .ok_or_else(|| Error::graph(format!("'{}' has no producer", self.value(new).name)))?;
         self.replace_uses(new, old);
         // Rewire the producer's output slot.
         self.value_mut(new).producer = None;

@@ -23,7 +23,13 @@ impl Model {
 
     /// The opset version imported for a domain ("" and "ai.onnx" are the same domain).
     pub fn opset(&self, domain: &str) -> Option<i64> {
-        let norm = |d: &str| if d == "ai.onnx" { String::new() } else { d.to_string() };
+        let norm = |d: &str| {
+            if d == "ai.onnx" {
+                String::new()
+            } else {
+                d.to_string()
+            }
+        };
         let want = norm(domain);
         self.shell
             .opset_import

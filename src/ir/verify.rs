@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 
-
 use super::graph::{Graph, Slot};
 use crate::error::{Error, Result};
 

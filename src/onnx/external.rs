@@ -71,11 +71,10 @@ pub fn parse_spec(t: &TensorProto) -> Result<ExternalSpec, String> {
                     .map_err(|_| format!("external data offset '{}' is not a number", e.value))?
             }
             "length" => {
-                length = Some(
-                    e.value.parse().map_err(|_| {
+                length =
+                    Some(e.value.parse().map_err(|_| {
                         format!("external data length '{}' is not a number", e.value)
-                    })?,
-                )
+                    })?)
             }
             _ => {}
         }
@@ -154,12 +153,8 @@ impl Resolver {
                 ef
             }
         };
-        let count = dtype::element_count(&t.dims).ok_or_else(|| {
-            format!(
-                "dims {:?} are negative or their product overflows",
-                t.dims
-            )
-        })?;
+        let count = dtype::element_count(&t.dims)
+            .ok_or_else(|| format!("dims {:?} are negative or their product overflows", t.dims))?;
         let need = dtype::byte_len(t.data_type, count);
         if spec.offset > file.len {
             return Err(format!(
@@ -171,7 +166,10 @@ impl Resolver {
             Some(l) => l,
             None => need.unwrap_or(file.len - spec.offset),
         };
-        let end = spec.offset.checked_add(length).ok_or("external data range overflows")?;
+        let end = spec
+            .offset
+            .checked_add(length)
+            .ok_or("external data range overflows")?;
         if end > file.len {
             return Err(format!(
                 "external data range {}..{end} lies beyond the end of '{}' ({} bytes)",

@@ -88,7 +88,10 @@ pub fn model_from_proto(mut proto: ModelProto, path: &Path, dir: Option<&Path>) 
             return Err(bad("a graph input has an empty name".into()));
         }
         if g.find_value(&info.name).is_some() {
-            return Err(bad(format!("graph input '{}' is declared twice", info.name)));
+            return Err(bad(format!(
+                "graph input '{}' is declared twice",
+                info.name
+            )));
         }
         let v = g.value_by_name(&info.name);
         let val = g.value_mut(v);
@@ -109,7 +112,12 @@ pub fn model_from_proto(mut proto: ModelProto, path: &Path, dir: Option<&Path>) 
         }
         let is_external = t.data_location.enum_value() == Ok(DataLocation::EXTERNAL);
         let (dtype, dims, ty) = (t.data_type, t.dims.clone(), tensor_type(&t));
-        let data = if is_external {
+        let data = if let Some(hash) = crate::text::summary_of(&t) {
+            // A summary printed by `graft print` and read back: the data is not here.
+            TensorData::Placeholder {
+                hash: hash.to_string(),
+            }
+        } else if is_external {
             let Some(r) = resolver.as_mut() else {
                 return Err(bad(format!(
                     "tensor '{name}': external data is not allowed here"
@@ -144,7 +152,11 @@ pub fn model_from_proto(mut proto: ModelProto, path: &Path, dir: Option<&Path>) 
 
     // Sparse initializers stay in the shell; their names are defined values.
     for s in &gp.sparse_initializer {
-        let name = s.values.as_ref().map(|t| t.name.clone()).unwrap_or_default();
+        let name = s
+            .values
+            .as_ref()
+            .map(|t| t.name.clone())
+            .unwrap_or_default();
         if name.is_empty() {
             return Err(bad("a sparse initializer has no name".into()));
         }

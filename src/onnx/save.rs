@@ -31,6 +31,8 @@ pub enum ExternalMode {
     Auto,
     /// Every tensor of at least the threshold size goes to this file (relative to the output).
     File(String),
+    /// Every tensor embedded in the .onnx file (an error if that passes the 2 GiB limit).
+    Embed,
 }
 
 #[derive(Clone, Debug)]
@@ -61,10 +63,7 @@ fn embed(name: String, t: Tensor) -> Result<TensorProto> {
             raw_data: Arc::try_unwrap(b).unwrap_or_else(|a| (*a).clone()),
             ..Default::default()
         },
-        TensorData::External {
-            ref shell,
-            ..
-        } => {
+        TensorData::External { ref shell, .. } => {
             let bytes = t.bytes(&name)?.into_owned();
             let mut p = (**shell).clone();
             p.dims = t.dims.clone();
@@ -153,7 +152,8 @@ pub fn model_to_proto(model: Model) -> Result<ModelProto> {
 /// elements (all, if `None`) are embedded; larger ones keep dtype and dims but no data.
 pub fn proto_for_print(model: &Model, embed_limit: Option<u64>) -> Result<ModelProto> {
     build(model.clone(), &mut |name, t| {
-        if embed_limit.is_none_or(|l| t.numel() <= l) || matches!(t.data, TensorData::Placeholder { .. })
+        if embed_limit.is_none_or(|l| t.numel() <= l)
+            || matches!(t.data, TensorData::Placeholder { .. })
         {
             if let TensorData::Placeholder { .. } = t.data {
                 return Ok(TensorProto {
@@ -212,12 +212,13 @@ pub fn save_model(model: Model, out: &Path, opts: &SaveOptions) -> Result<()> {
 
     // Decide which tensors go external.
     let force_all = matches!(opts.external, ExternalMode::File(_));
+    let embed_all = matches!(opts.external, ExternalMode::Embed);
     let mut external: std::collections::HashSet<crate::ir::ValueId> = Default::default();
     let mut embedded_total = 0u64;
     let mut candidates = Vec::new();
     for (v, t) in model.graph.initializers() {
         let len = t.byte_len().unwrap_or(0);
-        if t.is_external() || (force_all && len >= opts.threshold) {
+        if (t.is_external() && !embed_all) || (force_all && len >= opts.threshold) {
             external.insert(v);
         } else {
             embedded_total += len;
@@ -225,6 +226,11 @@ pub fn save_model(model: Model, out: &Path, opts: &SaveOptions) -> Result<()> {
                 candidates.push((len, v));
             }
         }
+    }
+    if embedded_total > PROTOBUF_LIMIT && embed_all {
+        return Err(save_err(format!(
+            "{embedded_total} bytes of weights cannot be embedded (protobuf's limit is 2 GiB); write external data instead"
+        )));
     }
     if embedded_total > PROTOBUF_LIMIT {
         candidates.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
@@ -239,18 +245,19 @@ pub fn save_model(model: Model, out: &Path, opts: &SaveOptions) -> Result<()> {
 
     let location = match &opts.external {
         ExternalMode::File(l) => l.clone(),
-        ExternalMode::Auto => format!("{file_name}.data"),
+        ExternalMode::Auto | ExternalMode::Embed => format!("{file_name}.data"),
     };
     let mut data: Option<(tempfile::NamedTempFile, PathBuf, u64)> = None;
+    let rel = check_relative_location(&location)
+        .map_err(|m| Error::Usage(format!("--external-data: {m}")))?;
     if !external.is_empty() {
-        let rel = check_relative_location(&location).map_err(|m| Error::Usage(format!(
-            "--external-data: {m}"
-        )))?;
         let data_path = out_dir.join(&rel);
         let data_dir = data_path.parent().unwrap_or(&out_dir).to_path_buf();
         std::fs::create_dir_all(&data_dir).map_err(|e| Error::io(&data_dir, e))?;
         let (cd, co) = (
-            data_dir.canonicalize().map_err(|e| Error::io(&data_dir, e))?,
+            data_dir
+                .canonicalize()
+                .map_err(|e| Error::io(&data_dir, e))?,
             out_dir.canonicalize().map_err(|e| Error::io(&out_dir, e))?,
         );
         if !cd.starts_with(&co) {
@@ -297,7 +304,12 @@ pub fn save_model(model: Model, out: &Path, opts: &SaveOptions) -> Result<()> {
             }
             let offset = *pos;
             let mut shell = match &t.data {
-                TensorData::External { file, offset: src_off, length, shell } => {
+                TensorData::External {
+                    file,
+                    offset: src_off,
+                    length,
+                    shell,
+                } => {
                     let mut src = &file.file;
                     src.seek(SeekFrom::Start(*src_off))
                         .map_err(|e| Error::io(&file.path, e))?;
@@ -341,6 +353,13 @@ pub fn save_model(model: Model, out: &Path, opts: &SaveOptions) -> Result<()> {
         })?
     };
 
+    let missing = crate::text::placeholders(&proto);
+    if !missing.is_empty() {
+        return Err(save_err(format!(
+            "{} has no data (it was read from a weight summary); print with --weights full to keep weights",
+            missing.join(", ")
+        )));
+    }
     let size = proto.compute_size();
     if size > (2u64 << 30) - 1 {
         return Err(save_err(format!(

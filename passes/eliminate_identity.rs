@@ -1,0 +1,121 @@
+//! `eliminate-identity`: removes Identity nodes and inference-mode Dropout nodes.
+//!
+//! Rewrites: `Y = Identity(X)` — consumers of Y read X instead. When Y is a graph output, X's
+//! producer writes Y directly instead (output names never change). `Dropout` counts as an identity
+//! when its mask output is unused and it is not in training mode (`training_mode` absent or a
+//! constant false).
+//! Refuses: when Y is a graph output and X is a graph input, an initializer, another graph output
+//! or read by a subgraph (the Identity is what gives the output its own name), or when Y is read
+//! by a subgraph by name.
+//! Sound because Identity (and Dropout at inference) returns its input unchanged.
+
+use crate::Result;
+use crate::driver::{Pass, PassContext};
+use crate::ir::{Model, NodeId};
+
+pub struct EliminateIdentity;
+
+fn is_identity(model: &Model, n: NodeId) -> bool {
+    let g = &model.graph;
+    let node = g.node(n);
+    if !node.domain.is_empty() && node.domain != "ai.onnx" {
+        return false;
+    }
+    match node.op_type.as_str() {
+        "Identity" => node.inputs.len() == 1 && node.inputs[0].is_some(),
+        "Dropout" => {
+            let mask_unused = node
+                .outputs
+                .get(1)
+                .copied()
+                .flatten()
+                .is_none_or(|m| g.value(m).consumers.is_empty() && !g.is_output(m));
+            let training_off = match node.inputs.get(2).copied().flatten() {
+                None => true,
+                Some(t) => g
+                    .constant(t)
+                    .and_then(|t| {
+                        t.bytes("training_mode")
+                            .ok()
+                            .map(|b| b.iter().all(|&x| x == 0))
+                    })
+                    .unwrap_or(false),
+            };
+            // Before opset 7 Dropout had an is_test attribute; treat only is_test=1 as inference.
+            let legacy_ok = node.attr("is_test").is_none_or(|a| a.i != 0);
+            node.inputs.first().copied().flatten().is_some()
+                && mask_unused
+                && training_off
+                && legacy_ok
+        }
+        _ => false,
+    }
+}
+
+impl Pass for EliminateIdentity {
+    fn name(&self) -> &'static str {
+        "eliminate-identity"
+    }
+    fn summary(&self) -> &'static str {
+        "remove Identity and inference-mode Dropout nodes"
+    }
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<usize> {
+        let order = model.graph.topo_order()?;
+        let mut rewrites = 0;
+        for n in order {
+            if !is_identity(model, n) {
+                continue;
+            }
+            let g = &mut model.graph;
+            let node = g.node(n).clone();
+            let x = node.inputs[0].expect("checked");
+            let Some(y) = node.outputs.first().copied().flatten() else {
+                continue;
+            };
+            if g.value(y).is_captured() {
+                cx.refuse(
+                    node.label(),
+                    format!("a subgraph reads '{}' by name", g.value(y).name),
+                );
+                continue;
+            }
+            if !g.is_output(y) {
+                g.remove_node(n);
+                g.replace_uses(y, x);
+                rewrites += 1;
+                continue;
+            }
+            let xv = g.value(x);
+            let reason = if xv.is_input {
+                Some("its input is a graph input")
+            } else if xv.initializer.is_some() || xv.sparse {
+                Some("its input is an initializer")
+            } else if g.is_output(x) {
+                Some("its input is also a graph output")
+            } else if xv.is_captured() {
+                Some("a subgraph reads its input by name")
+            } else {
+                None
+            };
+            if let Some(r) = reason {
+                cx.refuse(
+                    node.label(),
+                    format!(
+                        "it gives graph output '{}' its own name and {r}",
+                        g.value(y).name
+                    ),
+                );
+                continue;
+            }
+            g.remove_node(n);
+            g.merge_into(x, y)?;
+            // Carry X's declared type to Y if Y had none.
+            if g.value(y).ty.is_none() {
+                let t = g.value(x).ty.clone();
+                g.value_mut(y).ty = t;
+            }
+            rewrites += 1;
+        }
+        Ok(rewrites)
+    }
+}

@@ -1,0 +1,236 @@
+//! The pass manager: a registry of passes, pipelines with fixed-point groups, per-pass statistics,
+//! dump instrumentation (`--dump-graph`) and the IR verifier after every pass.
+
+pub mod pipeline;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::ir::Model;
+pub use pipeline::Step;
+
+/// A graph rewrite. Each pass's doc comment says what it rewrites, when it refuses and why it is
+/// sound; `summary` is the one line `graft passes` shows.
+pub trait Pass: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn summary(&self) -> &'static str;
+    /// Rewrites the model; returns how many rewrites it applied (0 means nothing changed).
+    /// On error the driver restores the model as it was before the pass.
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<usize>;
+}
+
+/// Something a pass chose not to rewrite, and why.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Refusal {
+    pub pass: String,
+    pub node: String,
+    pub reason: String,
+}
+
+/// What passes can read and report while they run.
+#[derive(Default)]
+pub struct PassContext {
+    pass: String,
+    pub refusals: Vec<Refusal>,
+}
+
+impl PassContext {
+    /// Records that `node` was left alone for `reason` (shown in dumps and reports).
+    pub fn refuse(&mut self, node: impl Into<String>, reason: impl Into<String>) {
+        let r = Refusal {
+            pass: self.pass.clone(),
+            node: node.into(),
+            reason: reason.into(),
+        };
+        if !self.refusals.contains(&r) {
+            self.refusals.push(r);
+        }
+    }
+}
+
+/// Graph size figures.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Sizes {
+    pub nodes: usize,
+    pub initializers: usize,
+    pub parameters: u64,
+    pub bytes: u64,
+}
+
+impl Sizes {
+    pub fn of(model: &Model) -> Sizes {
+        let (parameters, bytes) = model.graph.parameter_stats();
+        Sizes {
+            nodes: model.graph.node_count(),
+            initializers: model.graph.initializers().count(),
+            parameters,
+            bytes,
+        }
+    }
+}
+
+/// Statistics of one pass run.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    pub pass: String,
+    /// Iteration within its fixpoint group (1-based), if any.
+    pub iteration: Option<usize>,
+    pub rewrites: usize,
+    pub before: Sizes,
+    pub after: Sizes,
+    pub refusals: Vec<Refusal>,
+}
+
+/// Statistics of a whole pipeline run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunReport {
+    pub pipeline: String,
+    pub steps: Vec<StepReport>,
+    pub warnings: Vec<String>,
+    pub before: Sizes,
+    pub after: Sizes,
+}
+
+/// A point at which the driver shows the graph.
+pub enum DumpPoint<'a> {
+    Input,
+    After(&'a StepReport),
+}
+
+pub type DumpFn<'a> = dyn FnMut(usize, &DumpPoint, &Model) -> Result<()> + 'a;
+
+/// Runs pipelines over a model.
+pub struct Driver<'a> {
+    lookup: &'a dyn Fn(&str) -> Option<&'static dyn Pass>,
+    /// Called before the first pass and after each pass that changed something (or every pass
+    /// with `dump_all`). The first argument counts dumps from 0.
+    pub dump: Option<Box<DumpFn<'a>>>,
+    pub dump_all: bool,
+    /// Run the IR verifier after every pass (always on in debug builds).
+    pub verify_ir: bool,
+    dumps: usize,
+}
+
+impl<'a> Driver<'a> {
+    pub fn new(lookup: &'a dyn Fn(&str) -> Option<&'static dyn Pass>) -> Self {
+        Driver {
+            lookup,
+            dump: None,
+            dump_all: false,
+            verify_ir: cfg!(debug_assertions),
+            dumps: 0,
+        }
+    }
+
+    pub fn run(&mut self, model: &mut Model, steps: &[Step]) -> Result<RunReport> {
+        let mut report = RunReport {
+            pipeline: pipeline::display(steps),
+            before: Sizes::of(model),
+            ..Default::default()
+        };
+        self.emit(&DumpPoint::Input, model)?;
+        self.run_steps(model, steps, None, &mut report)?;
+        report.after = Sizes::of(model);
+        Ok(report)
+    }
+
+    fn emit(&mut self, point: &DumpPoint, model: &Model) -> Result<()> {
+        if let Some(d) = self.dump.as_mut() {
+            d(self.dumps, point, model)?;
+            self.dumps += 1;
+        }
+        Ok(())
+    }
+
+    /// Runs steps once; returns total rewrites.
+    fn run_steps(
+        &mut self,
+        model: &mut Model,
+        steps: &[Step],
+        iteration: Option<usize>,
+        report: &mut RunReport,
+    ) -> Result<usize> {
+        let mut total = 0;
+        for step in steps {
+            match step {
+                Step::Pass(name) => {
+                    let pass = (self.lookup)(name)
+                        .ok_or_else(|| Error::Usage(format!("unknown pass '{name}'")))?;
+                    let r = self.run_pass(model, pass, iteration)?;
+                    total += r.rewrites;
+                    let show = r.rewrites > 0 || self.dump_all;
+                    report.steps.push(r);
+                    if show {
+                        let last = report.steps.last().expect("pushed").clone();
+                        self.emit(&DumpPoint::After(&last), model)?;
+                    }
+                }
+                Step::Fixpoint {
+                    steps,
+                    max_iterations,
+                } => {
+                    let mut converged = false;
+                    for it in 1..=*max_iterations {
+                        let n = self.run_steps(model, steps, Some(it), report)?;
+                        total += n;
+                        if n == 0 {
+                            converged = true;
+                            break;
+                        }
+                    }
+                    if !converged {
+                        report.warnings.push(format!(
+                            "{} did not converge after {max_iterations} iterations; the result is valid but may not be fully simplified",
+                            pipeline::display(std::slice::from_ref(step))
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    fn run_pass(
+        &mut self,
+        model: &mut Model,
+        pass: &dyn Pass,
+        iteration: Option<usize>,
+    ) -> Result<StepReport> {
+        let before = Sizes::of(model);
+        let backup = model.clone();
+        let mut cx = PassContext {
+            pass: pass.name().to_string(),
+            refusals: Vec::new(),
+        };
+        let outcome = pass.run(model, &mut cx).and_then(|n| {
+            if self.verify_ir {
+                crate::ir::verify(&model.graph).map_err(|e| Error::Pass {
+                    pass: pass.name().into(),
+                    msg: format!("left an invalid graph: {e}"),
+                })?;
+            }
+            Ok(n)
+        });
+        let rewrites = match outcome {
+            Ok(n) => n,
+            Err(e) => {
+                *model = backup;
+                return Err(match e {
+                    Error::Pass { .. } => e,
+                    other => Error::Pass {
+                        pass: pass.name().into(),
+                        msg: other.to_string(),
+                    },
+                });
+            }
+        };
+        Ok(StepReport {
+            pass: pass.name().into(),
+            iteration,
+            rewrites,
+            before,
+            after: Sizes::of(model),
+            refusals: cx.refusals,
+        })
+    }
+}
