@@ -14,10 +14,10 @@
 
 use std::collections::HashSet;
 
+use crate::Result;
 use crate::driver::{Pass, PassContext};
 use crate::eval::{TensorValue, eval_node};
 use crate::ir::{Model, NodeId, Tensor, ValueId, dtype};
-use crate::Result;
 
 pub struct ConstantFold;
 
@@ -107,7 +107,10 @@ impl Pass for ConstantFold {
             let standard = node.domain.is_empty() || node.domain == "ai.onnx";
             if !standard
                 || NONDETERMINISTIC.contains(&node.op_type.as_str())
-                || node.attrs.iter().any(|a| a.g.is_some() || !a.graphs.is_empty())
+                || node
+                    .attrs
+                    .iter()
+                    .any(|a| a.g.is_some() || !a.graphs.is_empty())
                 || !crate::eval::is_supported(&node.op_type, &node.domain)
             {
                 continue;
@@ -115,20 +118,23 @@ impl Pass for ConstantFold {
             if node.outputs.iter().flatten().any(|&o| g.is_output(o)) {
                 continue;
             }
-            let shape_of_static = matches!(node.op_type.as_str(), "Shape" | "Size")
-                && node
-                    .inputs
-                    .first()
-                    .copied()
-                    .flatten()
-                    .is_some_and(|x| g.constant(x).is_none() && static_shape(model, x).is_some());
+            let shape_of_static =
+                matches!(node.op_type.as_str(), "Shape" | "Size")
+                    && node.inputs.first().copied().flatten().is_some_and(|x| {
+                        g.constant(x).is_none() && static_shape(model, x).is_some()
+                    });
             let all_const = node.inputs.iter().flatten().all(|&v| {
                 let val = g.value(v);
                 val.initializer.is_some() && !val.is_input
             });
             if shape_of_static {
                 let dims = static_shape(model, node.inputs[0].expect("checked")).expect("checked");
-                let out = shape_only(&node.op_type, &dims, node.attr_int("start"), node.attr_int("end"));
+                let out = shape_only(
+                    &node.op_type,
+                    &dims,
+                    node.attr_int("start"),
+                    node.attr_int("end"),
+                );
                 let outputs = node.outputs.clone();
                 rewrites += self.commit(model, n, vec![out], &outputs)?;
                 continue;
@@ -136,7 +142,7 @@ impl Pass for ConstantFold {
             if !all_const {
                 continue;
             }
-            let label = node.label();
+            let label = g.label(n);
             let mut inputs = Vec::new();
             for i in &node.inputs {
                 inputs.push(match i {
@@ -186,7 +192,11 @@ fn shape_only(op: &str, dims: &[i64], start: Option<i64>, end: Option<i64>) -> T
     let r = dims.len() as i64;
     let norm = |x: i64| if x < 0 { (x + r).max(0) } else { x.min(r) };
     let (s, e) = (norm(start.unwrap_or(0)), norm(end.unwrap_or(r)));
-    TensorValue::vec_i64(if s < e { dims[s as usize..e as usize].to_vec() } else { vec![] })
+    TensorValue::vec_i64(if s < e {
+        dims[s as usize..e as usize].to_vec()
+    } else {
+        vec![]
+    })
 }
 
 impl ConstantFold {

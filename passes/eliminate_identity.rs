@@ -15,40 +15,45 @@ use crate::ir::{Model, NodeId};
 
 pub struct EliminateIdentity;
 
-fn is_identity(model: &Model, n: NodeId) -> bool {
+/// `None` when `n` is not an identity-like node; `Some(Err(reason))` for a Dropout that must
+/// stay; `Some(Ok(()))` for a removable one.
+fn identity_kind(model: &Model, n: NodeId) -> Option<std::result::Result<(), String>> {
     let g = &model.graph;
     let node = g.node(n);
     if !node.domain.is_empty() && node.domain != "ai.onnx" {
-        return false;
+        return None;
     }
+    node.inputs.first().copied().flatten()?;
     match node.op_type.as_str() {
-        "Identity" => node.inputs.len() == 1 && node.inputs[0].is_some(),
+        "Identity" => Some(Ok(())),
         "Dropout" => {
-            let mask_unused = node
-                .outputs
-                .get(1)
-                .copied()
-                .flatten()
-                .is_none_or(|m| g.value(m).consumers.is_empty() && !g.is_output(m));
-            let training_off = match node.inputs.get(2).copied().flatten() {
-                None => true,
-                Some(t) => g
-                    .constant(t)
-                    .and_then(|t| {
-                        t.bytes("training_mode")
-                            .ok()
-                            .map(|b| b.iter().all(|&x| x == 0))
-                    })
-                    .unwrap_or(false),
-            };
-            // Before opset 7 Dropout had an is_test attribute; treat only is_test=1 as inference.
-            let legacy_ok = node.attr("is_test").is_none_or(|a| a.i != 0);
-            node.inputs.first().copied().flatten().is_some()
-                && mask_unused
-                && training_off
-                && legacy_ok
+            if let Some(m) = node.outputs.get(1).copied().flatten()
+                && (!g.value(m).consumers.is_empty() || g.is_output(m))
+            {
+                return Some(Err(format!(
+                    "its mask output '{}' is used",
+                    g.value(m).name
+                )));
+            }
+            if let Some(t) = node.inputs.get(2).copied().flatten() {
+                let off = g.constant(t).and_then(|c| {
+                    c.bytes("training_mode")
+                        .ok()
+                        .map(|b| b.iter().all(|&x| x == 0))
+                });
+                match off {
+                    Some(true) => {}
+                    Some(false) => return Some(Err("training_mode is true".into())),
+                    None => return Some(Err("training_mode is not a constant".into())),
+                }
+            }
+            // Before opset 7 Dropout had an is_test attribute; only is_test=1 is inference.
+            if node.attr("is_test").is_some_and(|a| a.i == 0) {
+                return Some(Err("is_test is 0 (training)".into()));
+            }
+            Some(Ok(()))
         }
-        _ => false,
+        _ => None,
     }
 }
 
@@ -63,9 +68,15 @@ impl Pass for EliminateIdentity {
         let order = model.graph.topo_order()?;
         let mut rewrites = 0;
         for n in order {
-            if !is_identity(model, n) {
-                continue;
+            match identity_kind(model, n) {
+                None => continue,
+                Some(Err(reason)) => {
+                    cx.refuse(model.graph.label(n), reason);
+                    continue;
+                }
+                Some(Ok(())) => {}
             }
+            let label = model.graph.label(n);
             let g = &mut model.graph;
             let node = g.node(n).clone();
             let x = node.inputs[0].expect("checked");
@@ -74,7 +85,7 @@ impl Pass for EliminateIdentity {
             };
             if g.value(y).is_captured() {
                 cx.refuse(
-                    node.label(),
+                    label,
                     format!("a subgraph reads '{}' by name", g.value(y).name),
                 );
                 continue;
@@ -99,7 +110,7 @@ impl Pass for EliminateIdentity {
             };
             if let Some(r) = reason {
                 cx.refuse(
-                    node.label(),
+                    label,
                     format!(
                         "it gives graph output '{}' its own name and {r}",
                         g.value(y).name

@@ -3,7 +3,7 @@
 
 use crate::driver::Pass;
 
-// pub mod constant_fold;
+pub mod constant_fold;
 pub mod cse;
 pub mod dce;
 pub mod eliminate_identity;
@@ -14,7 +14,7 @@ pub fn all() -> &'static [&'static dyn Pass] {
         &dce::Dce,
         &eliminate_identity::EliminateIdentity,
         &cse::Cse,
-        // &constant_fold::ConstantFold,
+        &constant_fold::ConstantFold,
     ]
 }
 

@@ -5,6 +5,7 @@
 //! `eval` (CPU reference kernels), `ir`, `onnx` and `text` (formats).
 
 pub mod error;
+pub mod eval;
 pub mod ir;
 pub mod onnx;
 pub mod text;

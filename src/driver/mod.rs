@@ -102,8 +102,8 @@ pub type DumpFn<'a> = dyn FnMut(usize, &DumpPoint, &Model) -> Result<()> + 'a;
 /// Runs pipelines over a model.
 pub struct Driver<'a> {
     lookup: &'a dyn Fn(&str) -> Option<&'static dyn Pass>,
-    /// Called before the first pass and after each pass that changed something (or every pass
-    /// with `dump_all`). The first argument counts dumps from 0.
+    /// Called before the first pass and after each pass that changed something or refused
+    /// something (or every pass with `dump_all`). The first argument counts dumps from 0.
     pub dump: Option<Box<DumpFn<'a>>>,
     pub dump_all: bool,
     /// Run the IR verifier after every pass (always on in debug builds).
@@ -158,7 +158,7 @@ impl<'a> Driver<'a> {
                         .ok_or_else(|| Error::Usage(format!("unknown pass '{name}'")))?;
                     let r = self.run_pass(model, pass, iteration)?;
                     total += r.rewrites;
-                    let show = r.rewrites > 0 || self.dump_all;
+                    let show = r.rewrites > 0 || !r.refusals.is_empty() || self.dump_all;
                     report.steps.push(r);
                     if show {
                         let last = report.steps.last().expect("pushed").clone();

@@ -375,6 +375,18 @@ impl Graph {
         out
     }
 
+    /// A label for messages: `Add node 'name'`, or `Add node producing 'y'` when unnamed.
+    pub fn label(&self, n: NodeId) -> String {
+        let node = self.node(n);
+        if !node.name.is_empty() {
+            return node.label();
+        }
+        match node.outputs.iter().flatten().next() {
+            Some(&o) => format!("{} node producing '{}'", node.op_type, self.value(o).name),
+            None => node.label(),
+        }
+    }
+
     /// The node producing `v`, if any.
     pub fn producer(&self, v: ValueId) -> Option<NodeId> {
         self.value(v).producer.map(|(n, _)| n)
@@ -471,13 +483,36 @@ impl Graph {
         Ok(())
     }
 
-    /// Total parameters (elements of all initializers) and their bytes.
+    /// Total parameters and their bytes: elements of all initializers and of the tensors held
+    /// by `Constant` nodes (so turning a Constant node into an initializer changes neither).
     pub fn parameter_stats(&self) -> (u64, u64) {
         let mut count = 0u64;
         let mut bytes = 0u64;
         for (_, t) in self.initializers() {
             count += t.numel();
             bytes += t.byte_len().unwrap_or(0);
+        }
+        for n in self.node_ids() {
+            let node = self.node(n);
+            if node.op_type != "Constant" || !(node.domain.is_empty() || node.domain == "ai.onnx") {
+                continue;
+            }
+            for a in &node.attrs {
+                if let Some(t) = a.t.as_ref() {
+                    let c = super::dtype::element_count(&t.dims).unwrap_or(0);
+                    count += c;
+                    bytes += super::dtype::byte_len(t.data_type, c).unwrap_or(0);
+                } else if a.name == "value_float" || a.name == "value_int" {
+                    count += 1;
+                    bytes += if a.name == "value_int" { 8 } else { 4 };
+                } else if a.name == "value_floats" {
+                    count += a.floats.len() as u64;
+                    bytes += 4 * a.floats.len() as u64;
+                } else if a.name == "value_ints" {
+                    count += a.ints.len() as u64;
+                    bytes += 8 * a.ints.len() as u64;
+                }
+            }
         }
         (count, bytes)
     }
