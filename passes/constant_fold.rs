@@ -1,6 +1,6 @@
-//! `constant-fold`: evaluates nodes whose inputs are all constants and stores the results as
-//! initializers.
+//! `constant-fold`: evaluates nodes computed only from constants.
 //!
+//! The results are stored as initializers.
 //! Rewrites: any node of the standard domain that the CPU evaluator supports, whose inputs are all
 //! initializers (not graph inputs, which a caller may override), becomes the initializer(s) it
 //! computes, under the same output name(s). `Constant` nodes become initializers. `Shape` and
