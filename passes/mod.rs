@@ -7,6 +7,8 @@ pub mod constant_fold;
 pub mod cse;
 pub mod dce;
 pub mod eliminate_identity;
+pub mod fold_linear;
+pub mod shape_infer;
 
 /// Every pass, in the order `graft passes` lists them.
 pub fn all() -> &'static [&'static dyn Pass] {
@@ -14,7 +16,9 @@ pub fn all() -> &'static [&'static dyn Pass] {
         &dce::Dce,
         &eliminate_identity::EliminateIdentity,
         &cse::Cse,
+        &shape_infer::ShapeInfer,
         &constant_fold::ConstantFold,
+        &fold_linear::FoldLinear,
     ]
 }
 

@@ -1,0 +1,711 @@
+//! `fold-linear`: folds linear regions — adapters included — into one MatMul/Gemm per input.
+//!
+//! Rewrites: a *region* is a set of nodes that are affine along the feature (last) axis
+//! (MatMul/Gemm by constant weights, Add/Sub/Mul/Div/Neg by constants, sums of two such values,
+//! Identity, inference Dropout, same-type Cast, row-regrouping Reshape) whose intermediate
+//! results are used only inside the region. Its result is `y = Σ_s s·M_s + c` over the region's
+//! input tensors `s`; the region is rebuilt as one MatMul/Gemm per input (reusing the existing
+//! base op, its layout and its weight initializer), a per-feature Mul when only scales are
+//! involved, the Adds that combine several inputs, and one bias. This single mechanism folds
+//! LoRA, rsLoRA, PiSSA, DoRA (after constant folding of its norm), IA3 (either side), linear
+//! adapters before or after a linear, AdapterBias, Hydra, ResLoRA's block shortcut, several
+//! adapters on one layer and chains of linears with no nonlinearity between them.
+//! Refuses: a region whose rebuilt form would cost more multiply-adds or parameters than what
+//! it replaces (so a lone low-rank pair is never turned into a dense matrix); regions whose
+//! pieces do not fit together (shape mismatches); weights of element types it cannot merge.
+//! Values used outside a region (shared intermediates) end the region there, so their other
+//! users never change. A weight initializer that other nodes also read is cloned, never
+//! changed in place.
+//! Sound because every op in a region is affine in the region's inputs, so the region computes
+//! exactly `Σ_s s·M_s + c`; the merge is computed in f64 from the stored weights and rounded
+//! once to the weight's element type.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use ndarray::{Array1, Array2, ArrayD, IxDyn};
+use onnx_protobuf::AttributeProto;
+
+use crate::driver::{Pass, PassContext};
+use crate::ir::{Graph, Model, Node, NodeId, ValueId};
+use crate::rewrite::consts::{from_f64, is_const};
+use crate::rewrite::form::{Combined, Form, Term};
+use crate::rewrite::linear::{LinOp, classify};
+use crate::rewrite::types::{elem_type, last_dim, static_shape};
+use crate::Result;
+
+pub struct FoldLinear;
+
+/// What one rewrite did, for the fold report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FoldRecord {
+    pub method: String,
+    pub target: String,
+    pub rank: Option<usize>,
+    pub parameters_removed: i64,
+    pub macs_before: u64,
+    pub macs_after: u64,
+    pub nodes_removed: usize,
+}
+
+struct Region {
+    roots: Vec<NodeId>,
+    nodes: BTreeSet<NodeId>,
+}
+
+fn union_find(parent: &mut Vec<usize>, x: usize) -> usize {
+    let mut r = x;
+    while parent[r] != r {
+        r = parent[r];
+    }
+    let mut c = x;
+    while parent[c] != r {
+        let next = parent[c];
+        parent[c] = r;
+        c = next;
+    }
+    r
+}
+
+/// Finds regions: roots are affine nodes whose output leaves the affine world (a non-affine
+/// consumer, a graph output, a subgraph capture); a root's cone extends backwards through
+/// affine nodes all of whose consumers are affine. Roots whose cones share nodes form one
+/// region (they are rewritten together or not at all).
+fn regions(g: &Graph, ops: &HashMap<NodeId, LinOp>, order: &[NodeId]) -> Vec<Region> {
+    let absorbable = |n: NodeId| -> bool {
+        let node = g.node(n);
+        let Some(Some(out)) = node.outputs.first() else { return false };
+        if node.outputs.iter().skip(1).flatten().any(|o| !g.value(*o).consumers.is_empty() || g.is_output(*o)) {
+            return false;
+        }
+        let val = g.value(*out);
+        !g.is_output(*out)
+            && !val.is_captured()
+            && !val.consumers.is_empty()
+            && val.consumers.iter().all(|(c, _)| ops.contains_key(c))
+    };
+    let roots: Vec<NodeId> = order.iter().copied().filter(|n| ops.contains_key(n) && !absorbable(*n)).collect();
+    let mut cones: Vec<BTreeSet<NodeId>> = Vec::new();
+    for &r in &roots {
+        let mut cone = BTreeSet::new();
+        let mut stack = vec![r];
+        while let Some(n) = stack.pop() {
+            if !cone.insert(n) {
+                continue;
+            }
+            for v in ops[&n].inputs() {
+                if let Some(p) = g.producer(v)
+                    && ops.contains_key(&p)
+                    && absorbable(p)
+                {
+                    stack.push(p);
+                }
+            }
+        }
+        cones.push(cone);
+    }
+    let mut parent: Vec<usize> = (0..roots.len()).collect();
+    let mut owner: HashMap<NodeId, usize> = HashMap::new();
+    for (i, cone) in cones.iter().enumerate() {
+        for &n in cone {
+            if let Some(&j) = owner.get(&n) {
+                let (a, b) = (union_find(&mut parent, i), union_find(&mut parent, j));
+                parent[a] = b;
+            } else {
+                owner.insert(n, i);
+            }
+        }
+    }
+    let mut groups: BTreeMap<usize, Region> = BTreeMap::new();
+    for (i, cone) in cones.into_iter().enumerate() {
+        let r = union_find(&mut parent, i);
+        let e = groups.entry(r).or_insert_with(|| Region {
+            roots: Vec::new(),
+            nodes: BTreeSet::new(),
+        });
+        e.roots.push(roots[i]);
+        e.nodes.extend(cone);
+    }
+    groups.into_values().collect()
+}
+
+/// The affine form of every value computed inside a region.
+fn forms(
+    g: &Graph,
+    ops: &HashMap<NodeId, LinOp>,
+    region: &Region,
+    order: &[NodeId],
+) -> std::result::Result<HashMap<ValueId, Form>, String> {
+    let mut out: HashMap<ValueId, Form> = HashMap::new();
+    let form_of = |out: &HashMap<ValueId, Form>, v: ValueId| -> Form {
+        out.get(&v).cloned().unwrap_or_else(|| Form::source(v))
+    };
+    for &n in order {
+        if !region.nodes.contains(&n) {
+            continue;
+        }
+        let y = g.node(n).outputs[0].expect("classified nodes have an output");
+        let f = match &ops[&n] {
+            LinOp::Dense { input, w, bias, .. } => {
+                let f = form_of(&out, *input).then_dense(w)?;
+                match bias {
+                    Some(b) => f.then_shift(b)?,
+                    None => f,
+                }
+            }
+            LinOp::Elementwise { input, scale, shift } => {
+                let mut f = form_of(&out, *input);
+                if let Some(s) = scale {
+                    f = f.then_scale(s)?;
+                }
+                if let Some(c) = shift {
+                    f = f.then_shift(c)?;
+                }
+                f
+            }
+            LinOp::Sum { a, b, sign } => form_of(&out, *a).plus(form_of(&out, *b), *sign)?,
+            LinOp::Pass { input } => form_of(&out, *input),
+        };
+        out.insert(y, f);
+    }
+    Ok(out)
+}
+
+/// Per-row multiply-adds of a node (dense ops: d_in·d_out; elementwise: output width).
+fn node_macs(g: &Graph, n: NodeId, op: &LinOp) -> u64 {
+    match op {
+        LinOp::Dense { w, bias, .. } => (w.nrows() * w.ncols() + bias.as_ref().map_or(0, |_| w.ncols())) as u64,
+        LinOp::Pass { .. } => 0,
+        _ => {
+            let out = g.node(n).outputs[0].expect("output");
+            last_dim(g, out).unwrap_or(1).max(1) as u64
+        }
+    }
+}
+
+/// How one source of a root is rebuilt.
+struct SourcePlan {
+    source: ValueId,
+    combined: Combined,
+    /// The region node whose op (and weight layout) a dense result reuses.
+    anchor: Option<NodeId>,
+    terms: Vec<Term>,
+}
+
+struct RootPlan {
+    root: NodeId,
+    output: ValueId,
+    sources: Vec<SourcePlan>,
+    bias: Option<ArrayD<f64>>,
+}
+
+fn width_of(g: &Graph, v: ValueId) -> Option<usize> {
+    last_dim(g, v).filter(|&d| d > 0).map(|d| d as usize)
+}
+
+fn plan_root(
+    g: &Graph,
+    ops: &HashMap<NodeId, LinOp>,
+    region: &Region,
+    root: NodeId,
+    form: &Form,
+) -> std::result::Result<RootPlan, String> {
+    let output = g.node(root).outputs[0].expect("output");
+    let mut sources = Vec::new();
+    for (&s, terms) in &form.parts {
+        let combined = Form::combine(terms, width_of(g, s))?;
+        let anchor = match &combined {
+            Combined::Dense(m) => region
+                .nodes
+                .iter()
+                .copied()
+                .filter(|n| matches!(&ops[n], LinOp::Dense { input, w, .. } if *input == s && w.dim() == m.dim()))
+                .max_by_key(|n| (g.node(*n).op_type == "Gemm", std::cmp::Reverse(g.node(*n).order))),
+            _ => None,
+        };
+        sources.push(SourcePlan {
+            source: s,
+            combined,
+            anchor,
+            terms: terms.clone(),
+        });
+    }
+    Ok(RootPlan {
+        root,
+        output,
+        sources,
+        bias: form.bias.clone(),
+    })
+}
+
+/// Multiply-adds and node count of a rebuilt root; parameters it adds.
+fn plan_cost(g: &Graph, p: &RootPlan) -> (u64, usize, u64) {
+    let width = width_of(g, p.output).unwrap_or(1) as u64;
+    let (mut macs, mut nodes, mut params) = (0u64, 0usize, 0u64);
+    let mut producing = 0;
+    for s in &p.sources {
+        match &s.combined {
+            Combined::Scaled(k) if *k == 1.0 => {}
+            Combined::Scaled(_) => {
+                macs += width;
+                nodes += 1;
+                params += 1;
+            }
+            Combined::Diag(v) => {
+                macs += v.len() as u64;
+                nodes += 1;
+                params += v.len() as u64;
+            }
+            Combined::Dense(m) => {
+                macs += (m.nrows() * m.ncols()) as u64;
+                nodes += 1;
+                params += (m.nrows() * m.ncols()) as u64;
+            }
+        }
+        producing += 1;
+    }
+    if producing > 1 {
+        macs += width * (producing - 1) as u64;
+        nodes += producing - 1;
+    }
+    if let Some(b) = &p.bias {
+        let gemm_bias = p.sources.len() == 1
+            && p.sources[0].anchor.is_some_and(|a| g.node(a).op_type == "Gemm")
+            && b.ndim() <= 1;
+        if !gemm_bias {
+            nodes += 1;
+        }
+        macs += width;
+        params += b.len() as u64;
+    }
+    (macs, nodes.max(1), params)
+}
+
+/// A short description of what a root's branches were, for the report.
+fn describe(g: &Graph, p: &RootPlan) -> (String, Option<usize>) {
+    let mut kinds = BTreeSet::new();
+    let mut rank = None;
+    for s in &p.sources {
+        let lowrank: Vec<usize> = s.terms.iter().filter_map(|t| t.rank()).filter(|&r| {
+            s.terms.iter().filter_map(|t| t.d_in()).max().is_some_and(|d| r < d)
+        }).collect();
+        if !lowrank.is_empty() {
+            rank = lowrank.iter().copied().min();
+            kinds.insert(if lowrank.len() > 1 { format!("{} low-rank branches", lowrank.len()) } else { "low-rank branch".to_string() });
+        }
+        if s.terms.iter().any(|t| t.factors.iter().any(|f| matches!(f, crate::rewrite::form::Factor::Diag(_)))) {
+            kinds.insert("feature scale".into());
+        }
+        if s.terms.iter().any(|t| t.is_identity()) && s.terms.iter().any(|t| t.has_dense()) {
+            kinds.insert("residual linear adapter".into());
+        }
+        if s.terms.iter().filter(|t| t.has_dense()).count() > 1 && rank.is_none() {
+            kinds.insert("parallel linears".into());
+        }
+        if s.terms.iter().any(|t| t.factors.iter().filter(|f| matches!(f, crate::rewrite::form::Factor::Dense(_))).count() >= 2 && t.rank().is_some_and(|r| r >= t.d_in().unwrap_or(0))) {
+            kinds.insert("sequential linears".into());
+        }
+    }
+    let _ = g;
+    let method = if kinds.is_empty() {
+        "affine chain".to_string()
+    } else {
+        kinds.into_iter().collect::<Vec<_>>().join(" + ")
+    };
+    (method, rank)
+}
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        i: v,
+        type_: onnx_protobuf::attribute_proto::AttributeType::INT.into(),
+        ..Default::default()
+    }
+}
+
+/// Emits the nodes of one rebuilt root. Returns the nodes to add.
+fn build_root(
+    g: &mut Graph,
+    p: &RootPlan,
+    weight_users: &HashMap<ValueId, usize>,
+    removed: &HashMap<NodeId, Node>,
+) -> std::result::Result<Vec<Node>, String> {
+    let out_name = g.value(p.output).name.clone();
+    let out_dtype = elem_type(g, p.output)
+        .or_else(|| p.sources.iter().find_map(|s| elem_type(g, s.source)))
+        .unwrap_or(crate::ir::dtype::code::FLOAT);
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut produced: Vec<ValueId> = Vec::new();
+    let single = p.sources.len() == 1;
+    let mut bias_done = false;
+    for s in &p.sources {
+        let v = match &s.combined {
+            Combined::Scaled(k) if *k == 1.0 => s.source,
+            Combined::Scaled(k) => {
+                let c = g.add_initializer(&format!("{out_name}_scale"), from_f64(&ArrayD::from_elem(IxDyn(&[]), *k), out_dtype));
+                let t = g.fresh_value(&format!("{out_name}_scaled"));
+                let mut n = Node::new("Mul");
+                n.inputs = vec![Some(s.source), Some(c)];
+                n.outputs = vec![Some(t)];
+                nodes.push(n);
+                t
+            }
+            Combined::Diag(vec) => {
+                let c = g.add_initializer(&format!("{out_name}_scale"), from_f64(&vec.clone().into_dyn(), out_dtype));
+                let t = g.fresh_value(&format!("{out_name}_scaled"));
+                let mut n = Node::new("Mul");
+                n.inputs = vec![Some(s.source), Some(c)];
+                n.outputs = vec![Some(t)];
+                nodes.push(n);
+                t
+            }
+            Combined::Dense(m) => {
+                let (mut node, weight_value, trans_b, gemm) = match s.anchor {
+                    Some(a) => {
+                        let an = removed[&a].clone();
+                        let gemm = an.op_type == "Gemm";
+                        let tb = gemm && an.attr_int("transB").unwrap_or(0) != 0;
+                        let w = an.inputs.get(1).copied().flatten().filter(|&w| is_const(g, w));
+                        (an, w, tb, gemm)
+                    }
+                    None => (Node::new("MatMul"), None, false, false),
+                };
+                let stored: Array2<f64> = if trans_b { m.t().to_owned() } else { m.clone() };
+                let dtype = weight_value
+                    .and_then(|w| g.constant(w).map(|t| t.dtype))
+                    .unwrap_or(out_dtype);
+                let tensor = from_f64(&stored.into_dyn(), dtype);
+                // Overwrite the weight in place only when nothing outside the region reads it.
+                let w = match weight_value {
+                    Some(w) if weight_users.get(&w).copied().unwrap_or(0) == 0 && !g.value(w).is_input && !g.is_output(w) => {
+                        g.set_initializer(w, tensor).map_err(|e| e.to_string())?;
+                        w
+                    }
+                    Some(w) => {
+                        let name = format!("{}_folded", g.value(w).name);
+                        g.add_initializer(&name, tensor)
+                    }
+                    None => g.add_initializer(&format!("{out_name}_weight"), tensor),
+                };
+                let t = g.fresh_value(&format!("{out_name}_linear"));
+                node.order = 0;
+                node.outputs = vec![Some(t)];
+                node.captures.clear();
+                if gemm {
+                    node.attrs.retain(|a| a.name != "alpha" && a.name != "beta");
+                    let mut input = s.source;
+                    let rank2 = static_shape(g, s.source).is_some_and(|sh| sh.len() == 2);
+                    if !rank2 {
+                        // Gemm needs a matrix: flatten the rows, multiply, restore below.
+                        let shp = g.add_initializer(&format!("{out_name}_rows"), crate::ir::Tensor::from_raw(
+                            crate::ir::dtype::code::INT64, vec![2],
+                            [-1i64, m.nrows() as i64].iter().flat_map(|x| x.to_le_bytes()).collect()));
+                        let flat = g.fresh_value(&format!("{out_name}_2d"));
+                        let mut r = Node::new("Reshape");
+                        r.inputs = vec![Some(s.source), Some(shp)];
+                        r.outputs = vec![Some(flat)];
+                        nodes.push(r);
+                        input = flat;
+                    }
+                    node.inputs = vec![Some(input), Some(w)];
+                    if single
+                        && let Some(b) = &p.bias
+                        && b.ndim() <= 1
+                    {
+                        let bv: Array1<f64> = if b.ndim() == 0 {
+                            Array1::from_elem(m.ncols(), b.iter().next().copied().unwrap_or(0.0))
+                        } else {
+                            Array1::from_iter(b.iter().copied())
+                        };
+                        let bname = node.inputs.get(2).copied().flatten();
+                        let bt = from_f64(&bv.into_dyn(), dtype);
+                        let c = match bname {
+                            Some(c) if weight_users.get(&c).copied().unwrap_or(0) == 0 && !g.value(c).is_input => {
+                                g.set_initializer(c, bt).map_err(|e| e.to_string())?;
+                                c
+                            }
+                            _ => g.add_initializer(&format!("{out_name}_bias"), bt),
+                        };
+                        node.inputs.push(Some(c));
+                        bias_done = true;
+                    }
+                } else {
+                    node.op_type = "MatMul".into();
+                    node.attrs.clear();
+                    node.inputs = vec![Some(s.source), Some(w)];
+                }
+                let _ = int_attr;
+                nodes.push(node);
+                t
+            }
+        };
+        produced.push(v);
+    }
+    // Combine sources.
+    let mut acc = produced[0];
+    for &v in &produced[1..] {
+        let t = g.fresh_value(&format!("{out_name}_sum"));
+        let mut n = Node::new("Add");
+        n.inputs = vec![Some(acc), Some(v)];
+        n.outputs = vec![Some(t)];
+        nodes.push(n);
+        acc = t;
+    }
+    if let Some(b) = &p.bias
+        && !bias_done
+    {
+        let c = g.add_initializer(&format!("{out_name}_bias"), from_f64(b, out_dtype));
+        let t = g.fresh_value(&format!("{out_name}_biased"));
+        let mut n = Node::new("Add");
+        n.inputs = vec![Some(acc), Some(c)];
+        n.outputs = vec![Some(t)];
+        nodes.push(n);
+        acc = t;
+    }
+    // Restore the root's shape when the region regrouped rows.
+    let want = static_shape(g, p.output);
+    let natural = natural_shape(g, p);
+    if want.is_some() && natural != want {
+        let shape = want.expect("checked");
+        let shp = g.add_initializer(&format!("{out_name}_shape"), crate::ir::Tensor::from_raw(
+            crate::ir::dtype::code::INT64, vec![shape.len() as i64],
+            shape.iter().flat_map(|x| x.to_le_bytes()).collect()));
+        let t = g.fresh_value(&format!("{out_name}_reshaped"));
+        let mut n = Node::new("Reshape");
+        n.inputs = vec![Some(acc), Some(shp)];
+        n.outputs = vec![Some(t)];
+        nodes.push(n);
+        acc = t;
+    } else if want.is_none() && natural.is_none() && p.sources.iter().any(|s| static_shape(g, s.source) != static_shape(g, p.output)) {
+        // Shapes unknown: only safe when no row regrouping happened (checked by the caller).
+    }
+    // The last node writes the root's own output value.
+    match nodes.last_mut() {
+        Some(last) if last.outputs[0] == Some(acc) => last.outputs[0] = Some(p.output),
+        _ => {
+            let mut n = Node::new("Identity");
+            n.inputs = vec![Some(acc)];
+            n.outputs = vec![Some(p.output)];
+            nodes.push(n);
+        }
+    }
+    // Keep the root's name on the node that now writes its output.
+    if let Some(last) = nodes.last_mut()
+        && last.name.is_empty()
+    {
+        last.name = removed[&p.root].name.clone();
+    }
+    Ok(nodes)
+}
+
+/// The weight initializer a MatMul/Gemm anchor reads.
+fn an_weight(g: &Graph, a: NodeId) -> Option<ValueId> {
+    g.node(a).inputs.get(1).copied().flatten().filter(|&w| is_const(g, w))
+}
+
+/// The static shape the rebuilt root naturally has (sources' rows, output features, broadcast
+/// with the bias), when known.
+fn natural_shape(g: &Graph, p: &RootPlan) -> Option<Vec<i64>> {
+    let mut shape: Option<Vec<i64>> = None;
+    let width = width_of(g, p.output)? as i64;
+    for s in &p.sources {
+        let mut sh = static_shape(g, s.source)?;
+        *sh.last_mut()? = width;
+        shape = Some(match shape {
+            None => sh,
+            Some(prev) => broadcast_shapes(&prev, &sh)?,
+        });
+    }
+    if let Some(b) = &p.bias {
+        let bs: Vec<i64> = b.shape().iter().map(|&d| d as i64).collect();
+        shape = Some(match shape {
+            None => bs,
+            Some(prev) => broadcast_shapes(&prev, &bs)?,
+        });
+    }
+    shape
+}
+
+fn broadcast_shapes(a: &[i64], b: &[i64]) -> Option<Vec<i64>> {
+    let r = a.len().max(b.len());
+    let get = |s: &[i64], i: usize| if i + s.len() < r { 1 } else { s[i + s.len() - r] };
+    (0..r)
+        .map(|i| {
+            let (x, y) = (get(a, i), get(b, i));
+            if x == y || y == 1 {
+                Some(x)
+            } else if x == 1 {
+                Some(y)
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+impl Pass for FoldLinear {
+    fn name(&self) -> &'static str {
+        "fold-linear"
+    }
+    fn summary(&self) -> &'static str {
+        "fold linear regions (LoRA, DoRA, IA3, linear adapters, chains) into one MatMul/Gemm per input"
+    }
+    fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<usize> {
+        let (n, _) = fold_linear(model, cx)?;
+        Ok(n)
+    }
+}
+
+/// Runs the fold; returns the number of rewritten regions and what each did.
+pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<(usize, Vec<FoldRecord>)> {
+    let order = model.graph.topo_order()?;
+    let mut ops: HashMap<NodeId, LinOp> = HashMap::new();
+    for &n in &order {
+        if let Some(op) = classify(&model.graph, n) {
+            ops.insert(n, op);
+        }
+    }
+    let regions = regions(&model.graph, &ops, &order);
+    let mut done = 0;
+    let mut records = Vec::new();
+    for region in regions {
+        let g = &model.graph;
+        let all_forms = match forms(g, &ops, &region, &order) {
+            Ok(f) => f,
+            Err(e) => {
+                cx.refuse(g.label(region.roots[0]), format!("its linear pieces do not fit together: {e}"));
+                continue;
+            }
+        };
+        let mut plans = Vec::new();
+        let mut failed = None;
+        for &r in &region.roots {
+            let y = g.node(r).outputs[0].expect("output");
+            match plan_root(g, &ops, &region, r, &all_forms[&y]) {
+                Ok(p) => plans.push(p),
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            cx.refuse(g.label(region.roots[0]), format!("cannot combine its branches: {e}"));
+            continue;
+        }
+        // Shapes: a region that regrouped rows needs static shapes to be rebuilt.
+        let regroups = region.nodes.iter().any(|n| matches!(g.node(*n).op_type.as_str(), "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze"));
+        if regroups && plans.iter().any(|p| static_shape(g, p.output).is_none()) {
+            cx.refuse(g.label(region.roots[0]), "it reshapes rows and its output shape is not known statically (run shape-infer first)");
+            continue;
+        }
+        // Cost before: every node of the region; parameters: constants only the region reads.
+        let macs_before: u64 = region.nodes.iter().map(|n| node_macs(g, *n, &ops[n])).sum();
+        let nodes_before = region.nodes.len();
+        let mut region_consts: BTreeSet<ValueId> = BTreeSet::new();
+        for &n in &region.nodes {
+            for v in g.node(n).inputs.iter().flatten() {
+                if is_const(g, *v) {
+                    region_consts.insert(*v);
+                }
+            }
+        }
+        // Reads of each constant from outside the region.
+        let mut outside_users: HashMap<ValueId, usize> = HashMap::new();
+        for &c in &region_consts {
+            let k = g.consumer_nodes(c).iter().filter(|n| !region.nodes.contains(n)).count()
+                + usize::from(g.is_output(c));
+            outside_users.insert(c, k);
+        }
+        let anchors: HashSet<ValueId> = plans
+            .iter()
+            .flat_map(|p| p.sources.iter().filter_map(|s| s.anchor.and_then(|a| an_weight(g, a))))
+            .collect();
+        let params_before: u64 = region_consts
+            .iter()
+            .filter(|c| outside_users[c] == 0 || anchors.contains(c))
+            .map(|c| g.constant(*c).map_or(0, |t| t.numel()))
+            .sum();
+        let (mut macs_after, mut nodes_after, mut params_after) = (0u64, 0usize, 0u64);
+        for p in &plans {
+            let (m, k, q) = plan_cost(g, p);
+            macs_after += m;
+            nodes_after += k;
+            params_after += q;
+        }
+        let better = macs_after <= macs_before
+            && params_after <= params_before
+            && (macs_after < macs_before || nodes_after < nodes_before);
+        let label = g.label(region.roots[0]);
+        if !better {
+            if macs_after > macs_before || params_after > params_before {
+                let (method, _) = describe(g, &plans[0]);
+                if method.contains("low-rank") || method.contains("adapter") {
+                    cx.refuse(
+                        label,
+                        format!(
+                            "folding its {method} would cost more than it saves ({macs_before} -> {macs_after} multiply-adds per row, {params_before} -> {params_after} parameters): there is no dense weight on the same input to fold it into"
+                        ),
+                    );
+                }
+            }
+            continue;
+        }
+        // Rewrite: remove the region, then add the rebuilt roots.
+        let descriptions: Vec<(String, Option<usize>, String)> = plans
+            .iter()
+            .map(|p| {
+                let (m, r) = describe(g, p);
+                let target = p
+                    .sources
+                    .iter()
+                    .find_map(|s| s.anchor)
+                    .map(|a| g.label(a))
+                    .unwrap_or_else(|| g.label(p.root));
+                (m, r, target)
+            })
+            .collect();
+        let backup = model.graph.clone();
+        let g = &mut model.graph;
+        let removed: HashMap<NodeId, Node> =
+            region.nodes.iter().map(|&n| (n, g.remove_node(n))).collect();
+        let mut new_nodes = Vec::new();
+        let mut ok = true;
+        for p in &plans {
+            match build_root(g, p, &outside_users, &removed) {
+                Ok(ns) => new_nodes.extend(ns),
+                Err(e) => {
+                    cx.refuse(label.clone(), format!("rebuild failed: {e}"));
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok {
+            for mut n in new_nodes {
+                if n.order == 0 {
+                    n.order = removed.values().map(|r| r.order).max().unwrap_or(0);
+                }
+                if let Err(e) = g.add_node(n) {
+                    cx.refuse(label.clone(), format!("rebuild failed: {e}"));
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if !ok {
+            model.graph = backup;
+            continue;
+        }
+        done += 1;
+        for (method, rank, target) in descriptions {
+            records.push(FoldRecord {
+                method,
+                target,
+                rank,
+                parameters_removed: params_before as i64 - params_after as i64,
+                macs_before,
+                macs_after,
+                nodes_removed: nodes_before.saturating_sub(nodes_after),
+            });
+        }
+    }
+    Ok((done, records))
+}

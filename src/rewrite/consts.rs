@@ -1,0 +1,105 @@
+//! Constant tensors as f64 arrays (merges compute in f64 and cast once to the stored dtype).
+
+use half::{bf16, f16};
+use ndarray::{ArrayD, IxDyn};
+
+use crate::error::{Error, Result};
+use crate::ir::dtype::code;
+use crate::ir::{Graph, Tensor, ValueId};
+
+/// Whether graft can read and write this element type as real numbers for merging.
+pub fn is_mergeable_float(dtype: i32) -> bool {
+    matches!(dtype, code::FLOAT | code::DOUBLE | code::FLOAT16 | code::BFLOAT16)
+}
+
+/// A float tensor's values as f64.
+pub fn to_f64(t: &Tensor, name: &str) -> Result<ArrayD<f64>> {
+    let bytes = t.bytes(name)?;
+    let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+    let v: Vec<f64> = match t.dtype {
+        code::FLOAT => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
+        code::DOUBLE => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+        code::FLOAT16 => bytes
+            .chunks_exact(2)
+            .map(|c| f16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        code::BFLOAT16 => bytes
+            .chunks_exact(2)
+            .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        other => {
+            return Err(Error::tensor(
+                name,
+                format!(
+                    "element type {} cannot be merged",
+                    crate::ir::dtype::name(other)
+                ),
+            ));
+        }
+    };
+    ArrayD::from_shape_vec(IxDyn(&shape), v)
+        .map_err(|e| Error::tensor(name, format!("shape mismatch: {e}")))
+}
+
+/// Integer tensor values (int64/int32), e.g. shapes and axes.
+pub fn to_i64(t: &Tensor, name: &str) -> Result<Vec<i64>> {
+    let bytes = t.bytes(name)?;
+    match t.dtype {
+        code::INT64 => Ok(bytes
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect()),
+        code::INT32 => Ok(bytes
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
+            .collect()),
+        other => Err(Error::tensor(
+            name,
+            format!("expected integers, found {}", crate::ir::dtype::name(other)),
+        )),
+    }
+}
+
+/// An f64 array stored as a tensor of `dtype` (rounded once).
+pub fn from_f64(a: &ArrayD<f64>, dtype: i32) -> Tensor {
+    let dims: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
+    let mut bytes = Vec::with_capacity(a.len() * 4);
+    match dtype {
+        code::DOUBLE => a.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
+        code::FLOAT16 => a
+            .iter()
+            .for_each(|v| bytes.extend_from_slice(&f16::from_f64(*v).to_le_bytes())),
+        code::BFLOAT16 => a
+            .iter()
+            .for_each(|v| bytes.extend_from_slice(&bf16::from_f64(*v).to_le_bytes())),
+        _ => a
+            .iter()
+            .for_each(|v| bytes.extend_from_slice(&(*v as f32).to_le_bytes())),
+    }
+    Tensor::from_raw(dtype, dims, bytes)
+}
+
+/// The f64 value of a constant input, if `v` is an initializer that is not a graph input.
+pub fn const_f64(g: &Graph, v: ValueId) -> Option<ArrayD<f64>> {
+    let val = g.value(v);
+    if val.is_input {
+        return None;
+    }
+    let t = val.initializer.as_ref()?;
+    if !is_mergeable_float(t.dtype) {
+        return None;
+    }
+    to_f64(t, &val.name).ok()
+}
+
+/// Whether `v` is a constant (an initializer a caller cannot override).
+pub fn is_const(g: &Graph, v: ValueId) -> bool {
+    let val = g.value(v);
+    val.initializer.is_some() && !val.is_input
+}

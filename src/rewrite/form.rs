@@ -1,0 +1,429 @@
+//! Affine forms: a value written as `y = Σ_s s·M_s + c`, where each `s` is a source tensor (a
+//! value that is not an affine function of anything simpler), `M_s` a linear map on the last
+//! axis kept as a sum of factor chains (so low-rank products are never densified until they are
+//! added to an existing dense weight), and `c` a constant bias broadcast onto the result.
+//!
+//! Everything is in "x·M" form: tokens are rows, a map takes `[.., d_in]` to `[.., d_out]`.
+//! Parallel branches add (`M = ΣM_i`), sequential ones multiply in data order
+//! (`x·M1·M2`), a per-feature output scale multiplies columns.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ndarray::{Array1, Array2, ArrayD, Axis, IxDyn};
+
+use crate::ir::ValueId;
+
+/// One factor of a chain.
+#[derive(Clone, Debug)]
+pub enum Factor {
+    /// A dense `[d_in, d_out]` matrix.
+    Dense(Arc<Array2<f64>>),
+    /// A per-feature scale (a diagonal matrix).
+    Diag(Arc<Array1<f64>>),
+}
+
+impl Factor {
+    pub fn d_in(&self) -> usize {
+        match self {
+            Factor::Dense(m) => m.nrows(),
+            Factor::Diag(v) => v.len(),
+        }
+    }
+    pub fn d_out(&self) -> usize {
+        match self {
+            Factor::Dense(m) => m.ncols(),
+            Factor::Diag(v) => v.len(),
+        }
+    }
+}
+
+/// `scale · F1 · F2 · …` (the identity when there are no factors).
+#[derive(Clone, Debug)]
+pub struct Term {
+    pub scale: f64,
+    pub factors: Vec<Factor>,
+}
+
+impl Term {
+    pub fn identity() -> Self {
+        Term {
+            scale: 1.0,
+            factors: Vec::new(),
+        }
+    }
+    pub fn is_identity(&self) -> bool {
+        self.factors.is_empty()
+    }
+    pub fn has_dense(&self) -> bool {
+        self.factors.iter().any(|f| matches!(f, Factor::Dense(_)))
+    }
+    pub fn d_in(&self) -> Option<usize> {
+        self.factors.first().map(|f| f.d_in())
+    }
+    pub fn d_out(&self) -> Option<usize> {
+        self.factors.last().map(|f| f.d_out())
+    }
+    /// The smallest inner dimension of the chain (the rank of a low-rank product).
+    pub fn rank(&self) -> Option<usize> {
+        let dense: Vec<&Array2<f64>> = self
+            .factors
+            .iter()
+            .filter_map(|f| match f {
+                Factor::Dense(m) => Some(&**m),
+                _ => None,
+            })
+            .collect();
+        if dense.len() < 2 {
+            return None;
+        }
+        dense[..dense.len() - 1].iter().map(|m| m.ncols()).min()
+    }
+}
+
+/// What a source's terms add up to, in the cheapest form that represents it exactly.
+#[derive(Clone, Debug)]
+pub enum Combined {
+    /// `scale · x` (scale 1 means the source itself).
+    Scaled(f64),
+    /// `x ⊙ v` per feature.
+    Diag(Array1<f64>),
+    /// `x · M`.
+    Dense(Array2<f64>),
+}
+
+/// `y = Σ_s s·M_s + c`.
+#[derive(Clone, Debug, Default)]
+pub struct Form {
+    pub parts: BTreeMap<ValueId, Vec<Term>>,
+    pub bias: Option<ArrayD<f64>>,
+}
+
+/// Why two forms or a form and a constant could not be combined.
+pub type FormError = String;
+
+fn matmul_last(a: &ArrayD<f64>, w: &Array2<f64>) -> Result<ArrayD<f64>, FormError> {
+    let shape = a.shape().to_vec();
+    let d = *shape.last().unwrap_or(&1);
+    if a.ndim() == 0 || d != w.nrows() {
+        // A scalar (or size-1 last axis) bias broadcasts over the features.
+        if a.ndim() == 0 || d == 1 {
+            let ones = Array2::<f64>::ones((1, w.nrows()));
+            let lead: Vec<usize> = if a.ndim() == 0 { vec![] } else { shape[..shape.len() - 1].to_vec() };
+            let rows = lead.iter().product::<usize>().max(1);
+            let flat = a.to_shape((rows, 1)).map_err(|e| e.to_string())?.to_owned();
+            let expanded = flat.dot(&ones);
+            let out = expanded.dot(w);
+            let mut new_shape = lead;
+            new_shape.push(w.ncols());
+            return out.into_shape_with_order(IxDyn(&new_shape)).map_err(|e| e.to_string());
+        }
+        return Err(format!(
+            "bias has {d} features but the weight expects {}",
+            w.nrows()
+        ));
+    }
+    let rows = a.len() / d;
+    let flat = a.to_shape((rows, d)).map_err(|e| e.to_string())?.to_owned();
+    let out = flat.dot(w);
+    let mut new_shape = shape;
+    *new_shape.last_mut().expect("rank >= 1") = w.ncols();
+    out.into_shape_with_order(IxDyn(&new_shape)).map_err(|e| e.to_string())
+}
+
+fn broadcast_add(a: &ArrayD<f64>, b: &ArrayD<f64>) -> Result<ArrayD<f64>, FormError> {
+    let r = a.ndim().max(b.ndim());
+    let pad = |x: &ArrayD<f64>| {
+        let mut s = vec![1; r - x.ndim()];
+        s.extend_from_slice(x.shape());
+        s
+    };
+    let (sa, sb) = (pad(a), pad(b));
+    let mut out = Vec::with_capacity(r);
+    for (x, y) in sa.iter().zip(&sb) {
+        out.push(match (x, y) {
+            (x, y) if x == y => *x,
+            (1, y) => *y,
+            (x, 1) => *x,
+            _ => return Err(format!("bias shapes {:?} and {:?} do not broadcast", a.shape(), b.shape())),
+        });
+    }
+    let av = a.to_shape(IxDyn(&sa)).map_err(|e| e.to_string())?;
+    let bv = b.to_shape(IxDyn(&sb)).map_err(|e| e.to_string())?;
+    let av = av.broadcast(IxDyn(&out)).ok_or("broadcast failed")?;
+    let bv = bv.broadcast(IxDyn(&out)).ok_or("broadcast failed")?;
+    Ok(&av + &bv)
+}
+
+fn broadcast_mul(a: &ArrayD<f64>, b: &ArrayD<f64>) -> Result<ArrayD<f64>, FormError> {
+    // a * b = exp-free: reuse the add path's shape logic by multiplying after broadcasting.
+    let r = a.ndim().max(b.ndim());
+    let pad = |x: &ArrayD<f64>| {
+        let mut s = vec![1; r - x.ndim()];
+        s.extend_from_slice(x.shape());
+        s
+    };
+    let (sa, sb) = (pad(a), pad(b));
+    let mut out = Vec::with_capacity(r);
+    for (x, y) in sa.iter().zip(&sb) {
+        out.push(match (x, y) {
+            (x, y) if x == y => *x,
+            (1, y) => *y,
+            (x, 1) => *x,
+            _ => return Err(format!("shapes {:?} and {:?} do not broadcast", a.shape(), b.shape())),
+        });
+    }
+    let av = a.to_shape(IxDyn(&sa)).map_err(|e| e.to_string())?;
+    let bv = b.to_shape(IxDyn(&sb)).map_err(|e| e.to_string())?;
+    let av = av.broadcast(IxDyn(&out)).ok_or("broadcast failed")?;
+    let bv = bv.broadcast(IxDyn(&out)).ok_or("broadcast failed")?;
+    Ok(&av * &bv)
+}
+
+/// A per-feature vector from a constant whose every axis but the last has size 1: `None` when
+/// the constant varies along another axis. A scalar (or size-1 last axis) gives `Some(None)`.
+pub fn per_feature(v: &ArrayD<f64>) -> Option<Option<Array1<f64>>> {
+    let s = v.shape();
+    if s.is_empty() || v.len() == 1 {
+        return Some(None);
+    }
+    if s[..s.len() - 1].iter().any(|&d| d != 1) {
+        return None;
+    }
+    Some(Some(Array1::from_iter(v.iter().copied())))
+}
+
+impl Form {
+    pub fn source(v: ValueId) -> Self {
+        let mut parts = BTreeMap::new();
+        parts.insert(v, vec![Term::identity()]);
+        Form { parts, bias: None }
+    }
+
+    /// `y · W`.
+    pub fn then_dense(mut self, w: &Arc<Array2<f64>>) -> Result<Self, FormError> {
+        for terms in self.parts.values_mut() {
+            for t in terms.iter_mut() {
+                if let Some(d) = t.d_out()
+                    && d != w.nrows()
+                {
+                    return Err(format!(
+                        "a {d}-feature value meets a weight of {} rows",
+                        w.nrows()
+                    ));
+                }
+                t.factors.push(Factor::Dense(w.clone()));
+            }
+        }
+        if let Some(b) = self.bias.take() {
+            self.bias = Some(matmul_last(&b, w)?);
+        }
+        Ok(self)
+    }
+
+    /// `y ⊙ v` with a per-feature (or scalar) constant `v`.
+    pub fn then_scale(mut self, v: &ArrayD<f64>) -> Result<Self, FormError> {
+        let pf = per_feature(v).ok_or("the scale varies along an axis other than the features")?;
+        for terms in self.parts.values_mut() {
+            for t in terms.iter_mut() {
+                match &pf {
+                    None => t.scale *= v.iter().next().copied().unwrap_or(1.0),
+                    Some(vec) => {
+                        if let Some(d) = t.d_out()
+                            && d != vec.len()
+                        {
+                            return Err(format!(
+                                "a {d}-feature value meets a scale of {} features",
+                                vec.len()
+                            ));
+                        }
+                        t.factors.push(Factor::Diag(Arc::new(vec.clone())));
+                    }
+                }
+            }
+        }
+        if let Some(b) = self.bias.take() {
+            self.bias = Some(broadcast_mul(&b, v)?);
+        }
+        Ok(self)
+    }
+
+    /// `y + c`.
+    pub fn then_shift(mut self, c: &ArrayD<f64>) -> Result<Self, FormError> {
+        self.bias = Some(match self.bias.take() {
+            None => c.clone(),
+            Some(b) => broadcast_add(&b, c)?,
+        });
+        Ok(self)
+    }
+
+    /// `self + sign · other`.
+    pub fn plus(mut self, other: Form, sign: f64) -> Result<Self, FormError> {
+        for (s, terms) in other.parts {
+            let entry = self.parts.entry(s).or_default();
+            for mut t in terms {
+                t.scale *= sign;
+                entry.push(t);
+            }
+        }
+        if let Some(b) = other.bias {
+            let b = b.mapv(|x| x * sign);
+            self.bias = Some(match self.bias.take() {
+                None => b,
+                Some(a) => broadcast_add(&a, &b)?,
+            });
+        }
+        Ok(self)
+    }
+
+    /// Input and output widths of a source's map, where the terms determine them.
+    pub fn dims(terms: &[Term]) -> (Option<usize>, Option<usize>) {
+        let d_in = terms.iter().find_map(|t| t.d_in());
+        let d_out = terms.iter().find_map(|t| t.d_out());
+        (d_in, d_out)
+    }
+
+    /// Adds up a source's terms in f64. `width` is the source's feature count, needed when the
+    /// terms alone do not say it (identity terms next to dense ones always do).
+    pub fn combine(terms: &[Term], width: Option<usize>) -> Result<Combined, FormError> {
+        if terms.iter().all(|t| t.is_identity()) {
+            return Ok(Combined::Scaled(terms.iter().map(|t| t.scale).sum()));
+        }
+        let (d_in, d_out) = Self::dims(terms);
+        if !terms.iter().any(|t| t.has_dense()) {
+            let d = d_in.or(width).ok_or("unknown feature width")?;
+            let mut acc = Array1::<f64>::zeros(d);
+            for t in terms {
+                let mut v = Array1::<f64>::from_elem(d, t.scale);
+                for f in &t.factors {
+                    if let Factor::Diag(s) = f {
+                        if s.len() != d {
+                            return Err("scales of different widths meet".into());
+                        }
+                        v *= &**s;
+                    }
+                }
+                acc += &v;
+            }
+            return Ok(Combined::Diag(acc));
+        }
+        let d_in = d_in.or(width).ok_or("unknown input width")?;
+        let d_out = d_out.ok_or("unknown output width")?;
+        let mut acc = Array2::<f64>::zeros((d_in, d_out));
+        for t in terms {
+            let m = Self::chain(t, d_in)?;
+            if m.dim() != (d_in, d_out) {
+                return Err(format!(
+                    "branches map {d_in} features to {:?} and {:?}",
+                    m.dim(),
+                    (d_in, d_out)
+                ));
+            }
+            acc.scaled_add(t.scale, &m);
+        }
+        Ok(Combined::Dense(acc))
+    }
+
+    /// The dense product of a term's factors (left to right, so low-rank chains stay cheap).
+    fn chain(t: &Term, d_in: usize) -> Result<Array2<f64>, FormError> {
+        let mut cur: Option<Array2<f64>> = None;
+        for f in &t.factors {
+            cur = Some(match (cur, f) {
+                (None, Factor::Dense(m)) => (**m).clone(),
+                (None, Factor::Diag(v)) => Array2::from_diag(&**v),
+                (Some(c), Factor::Dense(m)) => {
+                    if c.ncols() != m.nrows() {
+                        return Err("chain widths do not match".into());
+                    }
+                    c.dot(&**m)
+                }
+                (Some(mut c), Factor::Diag(v)) => {
+                    if c.ncols() != v.len() {
+                        return Err("chain widths do not match".into());
+                    }
+                    for mut row in c.axis_iter_mut(Axis(0)) {
+                        row *= &**v;
+                    }
+                    c
+                }
+            });
+        }
+        let m = cur.unwrap_or_else(|| Array2::eye(d_in));
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn lora_branch_adds_to_the_base_weight() {
+        let x = ValueId(0);
+        let w = Arc::new(array![[1.0, 2.0], [3.0, 4.0]]);
+        let a = Arc::new(array![[1.0], [0.0]]);
+        let b = Arc::new(array![[0.0, 10.0]]);
+        let base = Form::source(x).then_dense(&w).unwrap();
+        let lora = Form::source(x)
+            .then_dense(&a)
+            .unwrap()
+            .then_dense(&b)
+            .unwrap()
+            .then_scale(&ArrayD::from_elem(IxDyn(&[]), 0.5))
+            .unwrap();
+        let y = base.plus(lora, 1.0).unwrap();
+        let terms = &y.parts[&x];
+        assert_eq!(terms[1].rank(), Some(1));
+        match Form::combine(terms, None).unwrap() {
+            // W + 0.5 * A·B = [[1, 2+5], [3, 4]]
+            Combined::Dense(m) => assert_eq!(m, array![[1.0, 7.0], [3.0, 4.0]]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bias_flows_through_weights_and_scales() {
+        let x = ValueId(0);
+        let w = Arc::new(array![[1.0, 2.0], [3.0, 4.0]]);
+        let y = Form::source(x)
+            .then_shift(&array![1.0, 1.0].into_dyn())
+            .unwrap()
+            .then_dense(&w)
+            .unwrap()
+            .then_scale(&array![2.0, 3.0].into_dyn())
+            .unwrap();
+        // (x + 1)·W·diag(2,3): bias = [1,1]·W = [4, 6], times [2,3] = [8, 18].
+        assert_eq!(y.bias.unwrap(), array![8.0, 18.0].into_dyn());
+        match Form::combine(&y.parts[&x], None).unwrap() {
+            Combined::Dense(m) => assert_eq!(m, array![[2.0, 6.0], [6.0, 12.0]]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn scales_only_stay_diagonal_and_identities_stay_scalars() {
+        let x = ValueId(3);
+        let y = Form::source(x)
+            .then_scale(&array![2.0, 3.0].into_dyn())
+            .unwrap()
+            .plus(Form::source(x), 1.0)
+            .unwrap();
+        match Form::combine(&y.parts[&x], None).unwrap() {
+            Combined::Diag(v) => assert_eq!(v, array![3.0, 4.0]),
+            other => panic!("{other:?}"),
+        }
+        let z = Form::source(x).plus(Form::source(x), -1.0).unwrap();
+        assert!(matches!(Form::combine(&z.parts[&x], None).unwrap(), Combined::Scaled(s) if s == 0.0));
+    }
+
+    #[test]
+    fn mismatched_widths_are_errors_not_panics() {
+        let x = ValueId(0);
+        let w = Arc::new(Array2::<f64>::zeros((2, 3)));
+        let v = Arc::new(Array2::<f64>::zeros((4, 3)));
+        let f = Form::source(x).then_dense(&w).unwrap();
+        assert!(f.then_dense(&v).is_err());
+        assert!(per_feature(&Array2::<f64>::zeros((2, 3)).into_dyn()).is_none());
+    }
+}
