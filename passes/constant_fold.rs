@@ -5,14 +5,18 @@
 //! initializers (not graph inputs, which a caller may override), becomes the initializer(s) it
 //! computes, under the same output name(s). `Constant` nodes become initializers. `Shape` and
 //! `Size` of a value whose declared shape is fully static fold too.
+//! Nodes are folded in groups: everything computable from the same constants is evaluated
+//! together, so a chain whose intermediate values are large (an `EyeLike` feeding a weight-norm
+//! computation, a low-rank product added to a weight) folds when its final result is small.
 //! Refuses: nondeterministic operators, nodes with subgraphs, nodes producing a graph output,
-//! nodes the evaluator rejects (the reason is reported), and — the size guard — any fold whose
-//! results take more bytes than the constants it frees plus 64 bytes, so folding never grows the
-//! model (an `Expand` of a scalar to a large shape stays as it is).
+//! nodes the evaluator rejects (the reason is reported), and — the size guard — any group whose
+//! results (the values that non-constant nodes read) take more bytes than the constants the
+//! group frees plus 64 bytes, so folding never grows the model (an `Expand` of a scalar to a
+//! large shape stays as it is).
 //! Sound because the evaluator implements the ONNX operator semantics (checked against the ONNX
 //! backend node tests) and the folded values are exactly what the node would compute at run time.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::Result;
 use crate::driver::{Pass, PassContext};
@@ -54,43 +58,6 @@ fn tensor_value(model: &Model, v: ValueId) -> Result<TensorValue> {
         .map_err(|e| crate::Error::tensor(name, e.to_string()))
 }
 
-/// What folding node `n` would free: bytes of constant inputs read only by it.
-fn freed_bytes(model: &Model, n: NodeId) -> u64 {
-    let g = &model.graph;
-    let node = g.node(n);
-    let mut seen = HashSet::new();
-    let mut freed = 0;
-    for &v in node.inputs.iter().flatten() {
-        if !seen.insert(v) {
-            continue;
-        }
-        let val = g.value(v);
-        if let Some(t) = &val.initializer
-            && g.consumer_nodes(v) == [n]
-            && !g.is_output(v)
-        {
-            freed += t.byte_len().unwrap_or(0);
-        }
-    }
-    if node.op_type == "Constant" {
-        freed += node
-            .attrs
-            .iter()
-            .map(|a| {
-                a.t.as_ref()
-                    .map(|t| {
-                        dtype::element_count(&t.dims)
-                            .and_then(|c| dtype::byte_len(t.data_type, c))
-                            .unwrap_or(0)
-                    })
-                    .unwrap_or(0)
-                    + 4 * (a.floats.len() + 2 * a.ints.len()) as u64
-            })
-            .sum::<u64>();
-    }
-    freed
-}
-
 impl Pass for ConstantFold {
     fn name(&self) -> &'static str {
         "constant-fold"
@@ -100,87 +67,207 @@ impl Pass for ConstantFold {
     }
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<usize> {
         let opset = model.opset("").unwrap_or(1);
-        let mut rewrites = 0;
-        for n in model.graph.topo_order()? {
+        let order = model.graph.topo_order()?;
+        // Nodes computable from constants alone, in topological order.
+        let mut computable: Vec<NodeId> = Vec::new();
+        let mut in_set: HashSet<NodeId> = HashSet::new();
+        {
             let g = &model.graph;
-            let node = g.node(n);
-            let standard = node.domain.is_empty() || node.domain == "ai.onnx";
-            if !standard
-                || NONDETERMINISTIC.contains(&node.op_type.as_str())
-                || node
-                    .attrs
-                    .iter()
-                    .any(|a| a.g.is_some() || !a.graphs.is_empty())
-                || !crate::eval::is_supported(&node.op_type, &node.domain)
-            {
-                continue;
-            }
-            if node.outputs.iter().flatten().any(|&o| g.is_output(o)) {
-                continue;
-            }
-            let shape_of_static =
-                matches!(node.op_type.as_str(), "Shape" | "Size")
-                    && node.inputs.first().copied().flatten().is_some_and(|x| {
-                        g.constant(x).is_none() && static_shape(model, x).is_some()
-                    });
-            let all_const = node.inputs.iter().flatten().all(|&v| {
-                let val = g.value(v);
-                val.initializer.is_some() && !val.is_input
-            });
-            if shape_of_static {
-                let dims = static_shape(model, node.inputs[0].expect("checked")).expect("checked");
-                let out = shape_only(
-                    &node.op_type,
-                    &dims,
-                    node.attr_int("start"),
-                    node.attr_int("end"),
-                );
-                let outputs = node.outputs.clone();
-                rewrites += self.commit(model, n, vec![out], &outputs)?;
-                continue;
-            }
-            if !all_const {
-                continue;
-            }
-            let label = g.label(n);
-            let mut inputs = Vec::new();
-            for i in &node.inputs {
-                inputs.push(match i {
-                    Some(x) => Some(tensor_value(model, *x)?),
-                    None => None,
-                });
-            }
-            let refs: Vec<Option<&TensorValue>> = inputs.iter().map(|x| x.as_ref()).collect();
-            let outs = match eval_node(
-                &node.op_type,
-                &node.domain,
-                opset,
-                &node.attrs,
-                &refs,
-                node.outputs.len(),
-            ) {
-                Ok(o) => o,
-                Err(e) => {
-                    cx.refuse(label, format!("cannot evaluate: {e}"));
+            for &n in &order {
+                let node = g.node(n);
+                let standard = node.domain.is_empty() || node.domain == "ai.onnx";
+                if !standard
+                    || NONDETERMINISTIC.contains(&node.op_type.as_str())
+                    || node.attrs.iter().any(|a| a.g.is_some() || !a.graphs.is_empty())
+                    || !crate::eval::is_supported(&node.op_type, &node.domain)
+                    || node.outputs.iter().flatten().any(|&o| g.is_output(o) || g.value(o).is_captured())
+                {
                     continue;
                 }
-            };
-            let out_bytes: u64 = outs.iter().map(|t| t.to_raw_bytes().len() as u64).sum();
-            let freed = freed_bytes(model, n);
-            if out_bytes > freed + SLACK_BYTES {
-                cx.refuse(
-                    label,
-                    format!(
-                        "folding would add {out_bytes} bytes of constants but free only {freed}"
-                    ),
-                );
-                continue;
+                let shape_of_static = matches!(node.op_type.as_str(), "Shape" | "Size")
+                    && node
+                        .inputs
+                        .first()
+                        .copied()
+                        .flatten()
+                        .is_some_and(|x| static_shape(model, x).is_some());
+                let inputs_known = node.inputs.iter().flatten().all(|&v| {
+                    let val = g.value(v);
+                    (val.initializer.is_some() && !val.is_input)
+                        || g.producer(v).is_some_and(|p| in_set.contains(&p))
+                });
+                if shape_of_static || inputs_known {
+                    computable.push(n);
+                    in_set.insert(n);
+                }
             }
-            let outputs = model.graph.node(n).outputs.clone();
-            rewrites += self.commit(model, n, outs, &outputs)?;
+        }
+        // Group into components: a node joins the component of the computable nodes it reads.
+        let mut comp: HashMap<NodeId, usize> = HashMap::new();
+        let mut parent: Vec<usize> = Vec::new();
+        fn find(p: &mut [usize], x: usize) -> usize {
+            let mut r = x;
+            while p[r] != r {
+                r = p[r];
+            }
+            p[x] = r;
+            r
+        }
+        {
+            let g = &model.graph;
+            for &n in &computable {
+                let id = parent.len();
+                parent.push(id);
+                comp.insert(n, id);
+                if shape_only_node(model, n) {
+                    continue;
+                }
+                for &v in g.node(n).inputs.iter().flatten() {
+                    if let Some(p) = g.producer(v)
+                        && let Some(&c) = comp.get(&p)
+                    {
+                        let (a, b) = (find(&mut parent, c), find(&mut parent, id));
+                        parent[a] = b;
+                    }
+                }
+            }
+        }
+        let mut groups: BTreeMap<usize, Vec<NodeId>> = BTreeMap::new();
+        for &n in &computable {
+            let root = find(&mut parent, comp[&n]);
+            groups.entry(root).or_default().push(n);
+        }
+        let mut rewrites = 0;
+        for nodes in groups.into_values() {
+            rewrites += self.fold_group(model, cx, opset, &nodes)?;
         }
         Ok(rewrites)
     }
+}
+
+fn shape_only_node(model: &Model, n: NodeId) -> bool {
+    let node = model.graph.node(n);
+    matches!(node.op_type.as_str(), "Shape" | "Size")
+        && node
+            .inputs
+            .first()
+            .copied()
+            .flatten()
+            .is_some_and(|x| model.graph.constant(x).is_none() && static_shape(model, x).is_some())
+}
+
+impl ConstantFold {
+    /// Evaluates one group of constant-computable nodes (in topological order) and, if the
+    /// values that leave the group take no more bytes than the constants the group frees (plus a
+    /// small slack for shapes and scalars), replaces the group by those values.
+    fn fold_group(
+        &self,
+        model: &mut Model,
+        cx: &mut PassContext,
+        opset: i64,
+        nodes: &[NodeId],
+    ) -> Result<usize> {
+        let g = &model.graph;
+        let set: HashSet<NodeId> = nodes.iter().copied().collect();
+        let mut values: HashMap<ValueId, TensorValue> = HashMap::new();
+        for &n in nodes {
+            let node = g.node(n);
+            let outs = if shape_only_node(model, n) {
+                let dims = static_shape(model, node.inputs[0].expect("checked")).expect("checked");
+                vec![shape_only(&node.op_type, &dims, node.attr_int("start"), node.attr_int("end"))]
+            } else {
+                let mut inputs = Vec::new();
+                for i in &node.inputs {
+                    inputs.push(match i {
+                        Some(x) => Some(match values.get(x) {
+                            Some(t) => t.clone(),
+                            None => tensor_value(model, *x)?,
+                        }),
+                        None => None,
+                    });
+                }
+                let refs: Vec<Option<&TensorValue>> = inputs.iter().map(|x| x.as_ref()).collect();
+                match eval_node(&node.op_type, &node.domain, opset, &node.attrs, &refs, node.outputs.len()) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        cx.refuse(g.label(n), format!("cannot evaluate: {e}"));
+                        return Ok(0);
+                    }
+                }
+            };
+            for (o, t) in node.outputs.iter().zip(outs) {
+                if let Some(o) = o {
+                    values.insert(*o, t);
+                }
+            }
+        }
+        // Values read outside the group become initializers.
+        let mut leaving: Vec<ValueId> = Vec::new();
+        for &n in nodes {
+            for o in g.node(n).outputs.iter().flatten() {
+                if g.value(*o).consumers.iter().any(|(c, _)| !set.contains(c)) {
+                    leaving.push(*o);
+                }
+            }
+        }
+        let new_bytes: u64 = leaving.iter().map(|v| values[v].to_raw_bytes().len() as u64).sum();
+        let mut freed = 0u64;
+        let mut seen = HashSet::new();
+        for &n in nodes {
+            freed += constant_node_bytes(g.node(n));
+            for &v in g.node(n).inputs.iter().flatten() {
+                if !seen.insert(v) {
+                    continue;
+                }
+                let val = g.value(v);
+                if let Some(t) = &val.initializer
+                    && !val.is_input
+                    && !g.is_output(v)
+                    && val.consumers.iter().all(|(c, _)| set.contains(c))
+                {
+                    freed += t.byte_len().unwrap_or(0);
+                }
+            }
+        }
+        if new_bytes > freed + SLACK_BYTES {
+            let last = *nodes.last().expect("non-empty");
+            cx.refuse(
+                g.label(last),
+                format!("folding would add {new_bytes} bytes of constants but free only {freed}"),
+            );
+            return Ok(0);
+        }
+        let g = &mut model.graph;
+        for &n in nodes {
+            g.remove_node(n);
+        }
+        for v in leaving {
+            let val = values.remove(&v).expect("evaluated");
+            let dims: Vec<i64> = val.shape().iter().map(|&d| d as i64).collect();
+            g.set_initializer(v, Tensor::from_raw(val.data_type(), dims, val.to_raw_bytes()))?;
+        }
+        Ok(nodes.len())
+    }
+}
+
+fn constant_node_bytes(node: &crate::ir::Node) -> u64 {
+    if node.op_type != "Constant" {
+        return 0;
+    }
+    node.attrs
+        .iter()
+        .map(|a| {
+            a.t.as_ref()
+                .map(|t| {
+                    dtype::element_count(&t.dims)
+                        .and_then(|c| dtype::byte_len(t.data_type, c))
+                        .unwrap_or(0)
+                })
+                .unwrap_or(0)
+                + 4 * (a.floats.len() + 2 * a.ints.len()) as u64
+                + if a.name == "value_float" || a.name == "value_int" { 8 } else { 0 }
+        })
+        .sum()
 }
 
 /// `Shape` (with start/end) or `Size` of a tensor whose shape is known statically.
@@ -199,23 +286,3 @@ fn shape_only(op: &str, dims: &[i64], start: Option<i64>, end: Option<i64>) -> T
     })
 }
 
-impl ConstantFold {
-    /// Replaces node `n` by initializers holding `values` under its output names.
-    fn commit(
-        &self,
-        model: &mut Model,
-        n: NodeId,
-        values: Vec<TensorValue>,
-        outputs: &[Option<ValueId>],
-    ) -> Result<usize> {
-        let g = &mut model.graph;
-        g.remove_node(n);
-        for (val, out) in values.into_iter().zip(outputs) {
-            let Some(o) = *out else { continue };
-            let dims: Vec<i64> = val.shape().iter().map(|&d| d as i64).collect();
-            let t = Tensor::from_raw(val.data_type(), dims, val.to_raw_bytes());
-            g.set_initializer(o, t)?;
-        }
-        Ok(1)
-    }
-}
