@@ -201,53 +201,125 @@ impl ConstantFold {
                 }
             }
         }
-        // Values read outside the group become initializers.
-        let mut leaving: Vec<ValueId> = Vec::new();
+        // Values read outside the group become initializers; if that would grow the model,
+        // drop the largest of them (their cones stay as they are) until it does not.
+        let mut accepted: Vec<ValueId> = Vec::new();
         for &n in nodes {
             for o in g.node(n).outputs.iter().flatten() {
                 if g.value(*o).consumers.iter().any(|(c, _)| !set.contains(c)) {
-                    leaving.push(*o);
+                    accepted.push(*o);
                 }
             }
         }
-        let new_bytes: u64 = leaving.iter().map(|v| values[v].to_raw_bytes().len() as u64).sum();
-        let mut freed = 0u64;
-        let mut seen = HashSet::new();
-        for &n in nodes {
-            freed += constant_node_bytes(g.node(n));
-            for &v in g.node(n).inputs.iter().flatten() {
-                if !seen.insert(v) {
-                    continue;
-                }
-                let val = g.value(v);
-                if let Some(t) = &val.initializer
-                    && !val.is_input
-                    && !g.is_output(v)
-                    && val.consumers.iter().all(|(c, _)| set.contains(c))
-                {
-                    freed += t.byte_len().unwrap_or(0);
-                }
+        // The evaluator decodes some narrow types (int4, float8, ...) into wider ones: never
+        // write a value back under a type other than the one the model declares.
+        let mut mistyped = Vec::new();
+        accepted.retain(|v| {
+            let declared = crate::rewrite::types::elem_type(g, *v);
+            let ok = declared.is_none_or(|d| d == values[v].data_type());
+            if !ok {
+                mistyped.push(*v);
+            }
+            ok
+        });
+        for v in mistyped {
+            if let Some(p) = g.producer(v) {
+                cx.refuse(g.label(p), format!("the evaluator cannot produce '{}' in its declared element type", g.value(v).name));
             }
         }
-        if new_bytes > freed + SLACK_BYTES {
-            let last = *nodes.last().expect("non-empty");
-            cx.refuse(
-                g.label(last),
-                format!("folding would add {new_bytes} bytes of constants but free only {freed}"),
-            );
+        let bytes_of = |v: &ValueId| values[v].to_raw_bytes().len() as u64;
+        let mut rejected: Vec<(ValueId, u64, u64)> = Vec::new();
+        let (dead, freed) = loop {
+            let (dead, freed) = dead_after_cut(g, nodes, &set, &accepted);
+            let new_bytes: u64 = accepted.iter().map(bytes_of).sum();
+            if new_bytes <= freed + SLACK_BYTES || accepted.is_empty() {
+                break (dead, freed);
+            }
+            let (i, _) = accepted
+                .iter()
+                .enumerate()
+                .max_by_key(|(_, v)| (bytes_of(v), std::cmp::Reverse(v.0)))
+                .expect("non-empty");
+            let v = accepted.remove(i);
+            rejected.push((v, new_bytes, freed));
+        };
+        let _ = freed;
+        for (v, new_bytes, freed) in rejected {
+            if let Some(p) = g.producer(v) {
+                cx.refuse(
+                    g.label(p),
+                    format!(
+                        "folding would add {new_bytes} bytes of constants but free only {freed}"
+                    ),
+                );
+            }
+        }
+        if accepted.is_empty() && dead.is_empty() {
             return Ok(0);
         }
         let g = &mut model.graph;
+        let mut removed = 0;
         for &n in nodes {
-            g.remove_node(n);
+            let cut = g.node(n).outputs.iter().flatten().any(|o| accepted.contains(o));
+            if cut || dead.contains(&n) {
+                g.remove_node(n);
+                removed += 1;
+            }
         }
-        for v in leaving {
+        for v in accepted {
             let val = values.remove(&v).expect("evaluated");
             let dims: Vec<i64> = val.shape().iter().map(|&d| d as i64).collect();
             g.set_initializer(v, Tensor::from_raw(val.data_type(), dims, val.to_raw_bytes()))?;
         }
-        Ok(nodes.len())
+        Ok(removed)
     }
+}
+
+/// Group nodes that become dead when the `cut` values turn into initializers, and the bytes of
+/// constants (initializers and Constant-node tensors) that die with them.
+fn dead_after_cut(
+    g: &crate::ir::Graph,
+    nodes: &[NodeId],
+    set: &HashSet<NodeId>,
+    cut: &[ValueId],
+) -> (HashSet<NodeId>, u64) {
+    // Walk backwards: a group node is alive if an output it writes is read by an alive group
+    // node, or by a node outside the group without being cut.
+    let mut alive: HashSet<NodeId> = HashSet::new();
+    for &n in nodes.iter().rev() {
+        let live = g.node(n).outputs.iter().flatten().any(|o| {
+            g.value(*o).consumers.iter().any(|(c, _)| {
+                if set.contains(c) {
+                    alive.contains(c)
+                } else {
+                    !cut.contains(o)
+                }
+            })
+        });
+        if live {
+            alive.insert(n);
+        }
+    }
+    let dead: HashSet<NodeId> = nodes.iter().copied().filter(|n| !alive.contains(n)).collect();
+    let mut freed = 0u64;
+    let mut seen = HashSet::new();
+    for &n in &dead {
+        freed += constant_node_bytes(g.node(n));
+        for &v in g.node(n).inputs.iter().flatten() {
+            if !seen.insert(v) {
+                continue;
+            }
+            let val = g.value(v);
+            if let Some(t) = &val.initializer
+                && !val.is_input
+                && !g.is_output(v)
+                && val.consumers.iter().all(|(c, _)| dead.contains(c))
+            {
+                freed += t.byte_len().unwrap_or(0);
+            }
+        }
+    }
+    (dead, freed)
 }
 
 fn constant_node_bytes(node: &crate::ir::Node) -> u64 {
