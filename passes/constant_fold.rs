@@ -78,9 +78,16 @@ impl Pass for ConstantFold {
                 let standard = node.domain.is_empty() || node.domain == "ai.onnx";
                 if !standard
                     || NONDETERMINISTIC.contains(&node.op_type.as_str())
-                    || node.attrs.iter().any(|a| a.g.is_some() || !a.graphs.is_empty())
+                    || node
+                        .attrs
+                        .iter()
+                        .any(|a| a.g.is_some() || !a.graphs.is_empty())
                     || !crate::eval::is_supported(&node.op_type, &node.domain)
-                    || node.outputs.iter().flatten().any(|&o| g.is_output(o) || g.value(o).is_captured())
+                    || node
+                        .outputs
+                        .iter()
+                        .flatten()
+                        .any(|&o| g.is_output(o) || g.value(o).is_captured())
                 {
                     continue;
                 }
@@ -105,14 +112,6 @@ impl Pass for ConstantFold {
         // Group into components: a node joins the component of the computable nodes it reads.
         let mut comp: HashMap<NodeId, usize> = HashMap::new();
         let mut parent: Vec<usize> = Vec::new();
-        fn find(p: &mut [usize], x: usize) -> usize {
-            let mut r = x;
-            while p[r] != r {
-                r = p[r];
-            }
-            p[x] = r;
-            r
-        }
         {
             let g = &model.graph;
             for &n in &computable {
@@ -126,7 +125,10 @@ impl Pass for ConstantFold {
                     if let Some(p) = g.producer(v)
                         && let Some(&c) = comp.get(&p)
                     {
-                        let (a, b) = (find(&mut parent, c), find(&mut parent, id));
+                        let (a, b) = (
+                            crate::rewrite::find_root(&mut parent, c),
+                            crate::rewrite::find_root(&mut parent, id),
+                        );
                         parent[a] = b;
                     }
                 }
@@ -134,7 +136,7 @@ impl Pass for ConstantFold {
         }
         let mut groups: BTreeMap<usize, Vec<NodeId>> = BTreeMap::new();
         for &n in &computable {
-            let root = find(&mut parent, comp[&n]);
+            let root = crate::rewrite::find_root(&mut parent, comp[&n]);
             groups.entry(root).or_default().push(n);
         }
         let mut rewrites = 0;
@@ -174,7 +176,12 @@ impl ConstantFold {
             let node = g.node(n);
             let outs = if shape_only_node(model, n) {
                 let dims = static_shape(model, node.inputs[0].expect("checked")).expect("checked");
-                vec![shape_only(&node.op_type, &dims, node.attr_int("start"), node.attr_int("end"))]
+                vec![shape_only(
+                    &node.op_type,
+                    &dims,
+                    node.attr_int("start"),
+                    node.attr_int("end"),
+                )]
             } else {
                 let mut inputs = Vec::new();
                 for i in &node.inputs {
@@ -187,7 +194,14 @@ impl ConstantFold {
                     });
                 }
                 let refs: Vec<Option<&TensorValue>> = inputs.iter().map(|x| x.as_ref()).collect();
-                match eval_node(&node.op_type, &node.domain, opset, &node.attrs, &refs, node.outputs.len()) {
+                match eval_node(
+                    &node.op_type,
+                    &node.domain,
+                    opset,
+                    &node.attrs,
+                    &refs,
+                    node.outputs.len(),
+                ) {
                     Ok(o) => o,
                     Err(e) => {
                         cx.refuse(g.label(n), format!("cannot evaluate: {e}"));
@@ -224,7 +238,13 @@ impl ConstantFold {
         });
         for v in mistyped {
             if let Some(p) = g.producer(v) {
-                cx.refuse(g.label(p), format!("the evaluator cannot produce '{}' in its declared element type", g.value(v).name));
+                cx.refuse(
+                    g.label(p),
+                    format!(
+                        "the evaluator cannot produce '{}' in its declared element type",
+                        g.value(v).name
+                    ),
+                );
             }
         }
         let bytes_of = |v: &ValueId| values[v].to_raw_bytes().len() as u64;
@@ -260,7 +280,12 @@ impl ConstantFold {
         let g = &mut model.graph;
         let mut removed = 0;
         for &n in nodes {
-            let cut = g.node(n).outputs.iter().flatten().any(|o| accepted.contains(o));
+            let cut = g
+                .node(n)
+                .outputs
+                .iter()
+                .flatten()
+                .any(|o| accepted.contains(o));
             if cut || dead.contains(&n) {
                 g.remove_node(n);
                 removed += 1;
@@ -269,7 +294,10 @@ impl ConstantFold {
         for v in accepted {
             let val = values.remove(&v).expect("evaluated");
             let dims: Vec<i64> = val.shape().iter().map(|&d| d as i64).collect();
-            g.set_initializer(v, Tensor::from_raw(val.data_type(), dims, val.to_raw_bytes()))?;
+            g.set_initializer(
+                v,
+                Tensor::from_raw(val.data_type(), dims, val.to_raw_bytes()),
+            )?;
         }
         Ok(removed)
     }
@@ -300,7 +328,11 @@ fn dead_after_cut(
             alive.insert(n);
         }
     }
-    let dead: HashSet<NodeId> = nodes.iter().copied().filter(|n| !alive.contains(n)).collect();
+    let dead: HashSet<NodeId> = nodes
+        .iter()
+        .copied()
+        .filter(|n| !alive.contains(n))
+        .collect();
     let mut freed = 0u64;
     let mut seen = HashSet::new();
     for &n in &dead {
@@ -337,7 +369,11 @@ fn constant_node_bytes(node: &crate::ir::Node) -> u64 {
                 })
                 .unwrap_or(0)
                 + 4 * (a.floats.len() + 2 * a.ints.len()) as u64
-                + if a.name == "value_float" || a.name == "value_int" { 8 } else { 0 }
+                + if a.name == "value_float" || a.name == "value_int" {
+                    8
+                } else {
+                    0
+                }
         })
         .sum()
 }
@@ -357,4 +393,3 @@ fn shape_only(op: &str, dims: &[i64], start: Option<i64>, end: Option<i64>) -> T
         vec![]
     })
 }
-

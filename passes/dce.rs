@@ -58,18 +58,12 @@ impl Pass for Dce {
         for v in unused {
             g.remove_initializer(v);
         }
-        let before = g.value_info_order.len();
-        let keep: Vec<ValueId> = g
-            .value_info_order
-            .iter()
-            .copied()
-            .filter(|&v| g.value(v).is_defined())
-            .collect();
-        rewrites += before - keep.len();
-        for v in g.value_info_order.iter().copied().collect::<Vec<_>>() {
-            if !keep.contains(&v) {
-                g.value_mut(v).info = None;
-            }
+        let order = std::mem::take(&mut g.value_info_order);
+        let (keep, stale): (Vec<ValueId>, Vec<ValueId>) =
+            order.into_iter().partition(|&v| g.value(v).is_defined());
+        rewrites += stale.len();
+        for v in stale {
+            g.value_mut(v).info = None;
         }
         g.value_info_order = keep;
         Ok(rewrites)

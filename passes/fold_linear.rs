@@ -25,13 +25,14 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
 use onnx_protobuf::AttributeProto;
 
+use crate::Result;
 use crate::driver::{Pass, PassContext};
 use crate::ir::{Graph, Model, Node, NodeId, ValueId};
 use crate::rewrite::consts::{from_f64, is_const};
+use crate::rewrite::find_root;
 use crate::rewrite::form::{Combined, Form, Term};
 use crate::rewrite::linear::{LinOp, classify};
 use crate::rewrite::types::{elem_type, last_dim, static_shape};
-use crate::Result;
 
 pub struct FoldLinear;
 
@@ -52,20 +53,6 @@ struct Region {
     nodes: BTreeSet<NodeId>,
 }
 
-fn union_find(parent: &mut Vec<usize>, x: usize) -> usize {
-    let mut r = x;
-    while parent[r] != r {
-        r = parent[r];
-    }
-    let mut c = x;
-    while parent[c] != r {
-        let next = parent[c];
-        parent[c] = r;
-        c = next;
-    }
-    r
-}
-
 /// Finds regions: roots are affine nodes whose output leaves the affine world (a non-affine
 /// consumer, a graph output, a subgraph capture); a root's cone extends backwards through
 /// affine nodes all of whose consumers are affine. Roots whose cones share nodes form one
@@ -73,8 +60,16 @@ fn union_find(parent: &mut Vec<usize>, x: usize) -> usize {
 fn regions(g: &Graph, ops: &HashMap<NodeId, LinOp>, order: &[NodeId]) -> Vec<Region> {
     let absorbable = |n: NodeId| -> bool {
         let node = g.node(n);
-        let Some(Some(out)) = node.outputs.first() else { return false };
-        if node.outputs.iter().skip(1).flatten().any(|o| !g.value(*o).consumers.is_empty() || g.is_output(*o)) {
+        let Some(Some(out)) = node.outputs.first() else {
+            return false;
+        };
+        if node
+            .outputs
+            .iter()
+            .skip(1)
+            .flatten()
+            .any(|o| !g.value(*o).consumers.is_empty() || g.is_output(*o))
+        {
             return false;
         }
         let val = g.value(*out);
@@ -83,7 +78,11 @@ fn regions(g: &Graph, ops: &HashMap<NodeId, LinOp>, order: &[NodeId]) -> Vec<Reg
             && !val.consumers.is_empty()
             && val.consumers.iter().all(|(c, _)| ops.contains_key(c))
     };
-    let roots: Vec<NodeId> = order.iter().copied().filter(|n| ops.contains_key(n) && !absorbable(*n)).collect();
+    let roots: Vec<NodeId> = order
+        .iter()
+        .copied()
+        .filter(|n| ops.contains_key(n) && !absorbable(*n))
+        .collect();
     let mut cones: Vec<BTreeSet<NodeId>> = Vec::new();
     for &r in &roots {
         let mut cone = BTreeSet::new();
@@ -108,7 +107,7 @@ fn regions(g: &Graph, ops: &HashMap<NodeId, LinOp>, order: &[NodeId]) -> Vec<Reg
     for (i, cone) in cones.iter().enumerate() {
         for &n in cone {
             if let Some(&j) = owner.get(&n) {
-                let (a, b) = (union_find(&mut parent, i), union_find(&mut parent, j));
+                let (a, b) = (find_root(&mut parent, i), find_root(&mut parent, j));
                 parent[a] = b;
             } else {
                 owner.insert(n, i);
@@ -117,7 +116,7 @@ fn regions(g: &Graph, ops: &HashMap<NodeId, LinOp>, order: &[NodeId]) -> Vec<Reg
     }
     let mut groups: BTreeMap<usize, Region> = BTreeMap::new();
     for (i, cone) in cones.into_iter().enumerate() {
-        let r = union_find(&mut parent, i);
+        let r = find_root(&mut parent, i);
         let e = groups.entry(r).or_insert_with(|| Region {
             roots: Vec::new(),
             nodes: BTreeSet::new(),
@@ -152,7 +151,11 @@ fn forms(
                     None => f,
                 }
             }
-            LinOp::Elementwise { input, scale, shift } => {
+            LinOp::Elementwise {
+                input,
+                scale,
+                shift,
+            } => {
                 let mut f = form_of(&out, *input);
                 if let Some(s) = scale {
                     f = f.then_scale(s)?;
@@ -173,7 +176,9 @@ fn forms(
 /// Per-row multiply-adds of a node (dense ops: d_in·d_out; elementwise: output width).
 fn node_macs(g: &Graph, n: NodeId, op: &LinOp) -> u64 {
     match op {
-        LinOp::Dense { w, bias, .. } => (w.nrows() * w.ncols() + bias.as_ref().map_or(0, |_| w.ncols())) as u64,
+        LinOp::Dense { w, bias, .. } => {
+            (w.nrows() * w.ncols() + bias.as_ref().map_or(0, |_| w.ncols())) as u64
+        }
         LinOp::Pass { .. } => 0,
         _ => {
             let out = g.node(n).outputs[0].expect("output");
@@ -269,7 +274,9 @@ fn plan_cost(g: &Graph, p: &RootPlan) -> (u64, usize, u64) {
     }
     if let Some(b) = &p.bias {
         let gemm_bias = p.sources.len() == 1
-            && p.sources[0].anchor.is_some_and(|a| g.node(a).op_type == "Gemm")
+            && p.sources[0]
+                .anchor
+                .is_some_and(|a| g.node(a).op_type == "Gemm")
             && b.ndim() <= 1;
         if !gemm_bias {
             nodes += 1;
@@ -285,14 +292,31 @@ fn describe(g: &Graph, p: &RootPlan) -> (String, Option<usize>) {
     let mut kinds = BTreeSet::new();
     let mut rank = None;
     for s in &p.sources {
-        let lowrank: Vec<usize> = s.terms.iter().filter_map(|t| t.rank()).filter(|&r| {
-            s.terms.iter().filter_map(|t| t.d_in()).max().is_some_and(|d| r < d)
-        }).collect();
+        let lowrank: Vec<usize> = s
+            .terms
+            .iter()
+            .filter_map(|t| t.rank())
+            .filter(|&r| {
+                s.terms
+                    .iter()
+                    .filter_map(|t| t.d_in())
+                    .max()
+                    .is_some_and(|d| r < d)
+            })
+            .collect();
         if !lowrank.is_empty() {
             rank = lowrank.iter().copied().min();
-            kinds.insert(if lowrank.len() > 1 { format!("{} low-rank branches", lowrank.len()) } else { "low-rank branch".to_string() });
+            kinds.insert(if lowrank.len() > 1 {
+                format!("{} low-rank branches", lowrank.len())
+            } else {
+                "low-rank branch".to_string()
+            });
         }
-        if s.terms.iter().any(|t| t.factors.iter().any(|f| matches!(f, crate::rewrite::form::Factor::Diag(_)))) {
+        if s.terms.iter().any(|t| {
+            t.factors
+                .iter()
+                .any(|f| matches!(f, crate::rewrite::form::Factor::Diag(_)))
+        }) {
             kinds.insert("feature scale".into());
         }
         if s.terms.iter().any(|t| t.is_identity()) && s.terms.iter().any(|t| t.has_dense()) {
@@ -301,7 +325,14 @@ fn describe(g: &Graph, p: &RootPlan) -> (String, Option<usize>) {
         if s.terms.iter().filter(|t| t.has_dense()).count() > 1 && rank.is_none() {
             kinds.insert("parallel linears".into());
         }
-        if s.terms.iter().any(|t| t.factors.iter().filter(|f| matches!(f, crate::rewrite::form::Factor::Dense(_))).count() >= 2 && t.rank().is_some_and(|r| r >= t.d_in().unwrap_or(0))) {
+        if s.terms.iter().any(|t| {
+            t.factors
+                .iter()
+                .filter(|f| matches!(f, crate::rewrite::form::Factor::Dense(_)))
+                .count()
+                >= 2
+                && t.rank().is_some_and(|r| r >= t.d_in().unwrap_or(0))
+        }) {
             kinds.insert("sequential linears".into());
         }
     }
@@ -342,7 +373,10 @@ fn build_root(
         let v = match &s.combined {
             Combined::Scaled(k) if *k == 1.0 => s.source,
             Combined::Scaled(k) => {
-                let c = g.add_initializer(&format!("{out_name}_scale"), from_f64(&ArrayD::from_elem(IxDyn(&[]), *k), out_dtype));
+                let c = g.add_initializer(
+                    &format!("{out_name}_scale"),
+                    from_f64(&ArrayD::from_elem(IxDyn(&[]), *k), out_dtype),
+                );
                 let t = g.fresh_value(&format!("{out_name}_scaled"));
                 let mut n = Node::new("Mul");
                 n.inputs = vec![Some(s.source), Some(c)];
@@ -351,7 +385,10 @@ fn build_root(
                 t
             }
             Combined::Diag(vec) => {
-                let c = g.add_initializer(&format!("{out_name}_scale"), from_f64(&vec.clone().into_dyn(), out_dtype));
+                let c = g.add_initializer(
+                    &format!("{out_name}_scale"),
+                    from_f64(&vec.clone().into_dyn(), out_dtype),
+                );
                 let t = g.fresh_value(&format!("{out_name}_scaled"));
                 let mut n = Node::new("Mul");
                 n.inputs = vec![Some(s.source), Some(c)];
@@ -365,7 +402,12 @@ fn build_root(
                         let an = removed[&a].clone();
                         let gemm = an.op_type == "Gemm";
                         let tb = gemm && an.attr_int("transB").unwrap_or(0) != 0;
-                        let w = an.inputs.get(1).copied().flatten().filter(|&w| is_const(g, w));
+                        let w = an
+                            .inputs
+                            .get(1)
+                            .copied()
+                            .flatten()
+                            .filter(|&w| is_const(g, w));
                         (an, w, tb, gemm)
                     }
                     None => (Node::new("MatMul"), None, false, false),
@@ -377,7 +419,11 @@ fn build_root(
                 let tensor = from_f64(&stored.into_dyn(), dtype);
                 // Overwrite the weight in place only when nothing outside the region reads it.
                 let w = match weight_value {
-                    Some(w) if weight_users.get(&w).copied().unwrap_or(0) == 0 && !g.value(w).is_input && !g.is_output(w) => {
+                    Some(w)
+                        if weight_users.get(&w).copied().unwrap_or(0) == 0
+                            && !g.value(w).is_input
+                            && !g.is_output(w) =>
+                    {
                         g.set_initializer(w, tensor).map_err(|e| e.to_string())?;
                         w
                     }
@@ -397,9 +443,17 @@ fn build_root(
                     let rank2 = static_shape(g, s.source).is_some_and(|sh| sh.len() == 2);
                     if !rank2 {
                         // Gemm needs a matrix: flatten the rows, multiply, restore below.
-                        let shp = g.add_initializer(&format!("{out_name}_rows"), crate::ir::Tensor::from_raw(
-                            crate::ir::dtype::code::INT64, vec![2],
-                            [-1i64, m.nrows() as i64].iter().flat_map(|x| x.to_le_bytes()).collect()));
+                        let shp = g.add_initializer(
+                            &format!("{out_name}_rows"),
+                            crate::ir::Tensor::from_raw(
+                                crate::ir::dtype::code::INT64,
+                                vec![2],
+                                [-1i64, m.nrows() as i64]
+                                    .iter()
+                                    .flat_map(|x| x.to_le_bytes())
+                                    .collect(),
+                            ),
+                        );
                         let flat = g.fresh_value(&format!("{out_name}_2d"));
                         let mut r = Node::new("Reshape");
                         r.inputs = vec![Some(s.source), Some(shp)];
@@ -420,7 +474,10 @@ fn build_root(
                         let bname = node.inputs.get(2).copied().flatten();
                         let bt = from_f64(&bv.into_dyn(), dtype);
                         let c = match bname {
-                            Some(c) if weight_users.get(&c).copied().unwrap_or(0) == 0 && !g.value(c).is_input => {
+                            Some(c)
+                                if weight_users.get(&c).copied().unwrap_or(0) == 0
+                                    && !g.value(c).is_input =>
+                            {
                                 g.set_initializer(c, bt).map_err(|e| e.to_string())?;
                                 c
                             }
@@ -465,18 +522,27 @@ fn build_root(
     // Restore the root's shape when the region regrouped rows.
     let want = static_shape(g, p.output);
     let natural = natural_shape(g, p);
-    if want.is_some() && natural != want {
-        let shape = want.expect("checked");
-        let shp = g.add_initializer(&format!("{out_name}_shape"), crate::ir::Tensor::from_raw(
-            crate::ir::dtype::code::INT64, vec![shape.len() as i64],
-            shape.iter().flat_map(|x| x.to_le_bytes()).collect()));
+    if let Some(shape) = want.clone().filter(|w| natural.as_ref() != Some(w)) {
+        let shp = g.add_initializer(
+            &format!("{out_name}_shape"),
+            crate::ir::Tensor::from_raw(
+                crate::ir::dtype::code::INT64,
+                vec![shape.len() as i64],
+                shape.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ),
+        );
         let t = g.fresh_value(&format!("{out_name}_reshaped"));
         let mut n = Node::new("Reshape");
         n.inputs = vec![Some(acc), Some(shp)];
         n.outputs = vec![Some(t)];
         nodes.push(n);
         acc = t;
-    } else if want.is_none() && natural.is_none() && p.sources.iter().any(|s| static_shape(g, s.source) != static_shape(g, p.output)) {
+    } else if want.is_none()
+        && natural.is_none()
+        && p.sources
+            .iter()
+            .any(|s| static_shape(g, s.source) != static_shape(g, p.output))
+    {
         // Shapes unknown: only safe when no row regrouping happened (checked by the caller).
     }
     // The last node writes the root's own output value.
@@ -500,7 +566,12 @@ fn build_root(
 
 /// The weight initializer a MatMul/Gemm anchor reads.
 fn an_weight(g: &Graph, a: NodeId) -> Option<ValueId> {
-    g.node(a).inputs.get(1).copied().flatten().filter(|&w| is_const(g, w))
+    g.node(a)
+        .inputs
+        .get(1)
+        .copied()
+        .flatten()
+        .filter(|&w| is_const(g, w))
 }
 
 /// The static shape the rebuilt root naturally has (sources' rows, output features, broadcast
@@ -528,7 +599,13 @@ fn natural_shape(g: &Graph, p: &RootPlan) -> Option<Vec<i64>> {
 
 fn broadcast_shapes(a: &[i64], b: &[i64]) -> Option<Vec<i64>> {
     let r = a.len().max(b.len());
-    let get = |s: &[i64], i: usize| if i + s.len() < r { 1 } else { s[i + s.len() - r] };
+    let get = |s: &[i64], i: usize| {
+        if i + s.len() < r {
+            1
+        } else {
+            s[i + s.len() - r]
+        }
+    };
     (0..r)
         .map(|i| {
             let (x, y) = (get(a, i), get(b, i));
@@ -573,7 +650,10 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<(usize, Ve
         let all_forms = match forms(g, &ops, &region, &order) {
             Ok(f) => f,
             Err(e) => {
-                cx.refuse(g.label(region.roots[0]), format!("its linear pieces do not fit together: {e}"));
+                cx.refuse(
+                    g.label(region.roots[0]),
+                    format!("its linear pieces do not fit together: {e}"),
+                );
                 continue;
             }
         };
@@ -587,11 +667,19 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<(usize, Ve
             }
         }
         if let Some(e) = failed {
-            cx.refuse(g.label(region.roots[0]), format!("cannot combine its branches: {e}"));
+            cx.refuse(
+                g.label(region.roots[0]),
+                format!("cannot combine its branches: {e}"),
+            );
             continue;
         }
         // Shapes: a region that regrouped rows needs static shapes to be rebuilt.
-        let regroups = region.nodes.iter().any(|n| matches!(g.node(*n).op_type.as_str(), "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze"));
+        let regroups = region.nodes.iter().any(|n| {
+            matches!(
+                g.node(*n).op_type.as_str(),
+                "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze"
+            )
+        });
         if regroups && plans.iter().any(|p| static_shape(g, p.output).is_none()) {
             cx.refuse(g.label(region.roots[0]), "it reshapes rows and its output shape is not known statically (run shape-infer first)");
             continue;
@@ -610,13 +698,21 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<(usize, Ve
         // Reads of each constant from outside the region.
         let mut outside_users: HashMap<ValueId, usize> = HashMap::new();
         for &c in &region_consts {
-            let k = g.consumer_nodes(c).iter().filter(|n| !region.nodes.contains(n)).count()
+            let k = g
+                .consumer_nodes(c)
+                .iter()
+                .filter(|n| !region.nodes.contains(n))
+                .count()
                 + usize::from(g.is_output(c));
             outside_users.insert(c, k);
         }
         let anchors: HashSet<ValueId> = plans
             .iter()
-            .flat_map(|p| p.sources.iter().filter_map(|s| s.anchor.and_then(|a| an_weight(g, a))))
+            .flat_map(|p| {
+                p.sources
+                    .iter()
+                    .filter_map(|s| s.anchor.and_then(|a| an_weight(g, a)))
+            })
             .collect();
         let params_before: u64 = region_consts
             .iter()
@@ -664,8 +760,11 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<(usize, Ve
             .collect();
         let backup = model.graph.clone();
         let g = &mut model.graph;
-        let removed: HashMap<NodeId, Node> =
-            region.nodes.iter().map(|&n| (n, g.remove_node(n))).collect();
+        let removed: HashMap<NodeId, Node> = region
+            .nodes
+            .iter()
+            .map(|&n| (n, g.remove_node(n)))
+            .collect();
         let mut new_nodes = Vec::new();
         let mut ok = true;
         for p in &plans {

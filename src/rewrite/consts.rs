@@ -9,7 +9,10 @@ use crate::ir::{Graph, Tensor, ValueId};
 
 /// Whether graft can read and write this element type as real numbers for merging.
 pub fn is_mergeable_float(dtype: i32) -> bool {
-    matches!(dtype, code::FLOAT | code::DOUBLE | code::FLOAT16 | code::BFLOAT16)
+    matches!(
+        dtype,
+        code::FLOAT | code::DOUBLE | code::FLOAT16 | code::BFLOAT16
+    )
 }
 
 /// A float tensor's values as f64.
@@ -71,7 +74,9 @@ pub fn from_f64(a: &ArrayD<f64>, dtype: i32) -> Tensor {
     let dims: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
     let mut bytes = Vec::with_capacity(a.len() * 4);
     match dtype {
-        code::DOUBLE => a.iter().for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
+        code::DOUBLE => a
+            .iter()
+            .for_each(|v| bytes.extend_from_slice(&v.to_le_bytes())),
         code::FLOAT16 => a
             .iter()
             .for_each(|v| bytes.extend_from_slice(&f16::from_f64(*v).to_le_bytes())),

@@ -109,14 +109,20 @@ fn matmul_last(a: &ArrayD<f64>, w: &Array2<f64>) -> Result<ArrayD<f64>, FormErro
         // A scalar (or size-1 last axis) bias broadcasts over the features.
         if a.ndim() == 0 || d == 1 {
             let ones = Array2::<f64>::ones((1, w.nrows()));
-            let lead: Vec<usize> = if a.ndim() == 0 { vec![] } else { shape[..shape.len() - 1].to_vec() };
+            let lead: Vec<usize> = if a.ndim() == 0 {
+                vec![]
+            } else {
+                shape[..shape.len() - 1].to_vec()
+            };
             let rows = lead.iter().product::<usize>().max(1);
             let flat = a.to_shape((rows, 1)).map_err(|e| e.to_string())?.to_owned();
             let expanded = flat.dot(&ones);
             let out = expanded.dot(w);
             let mut new_shape = lead;
             new_shape.push(w.ncols());
-            return out.into_shape_with_order(IxDyn(&new_shape)).map_err(|e| e.to_string());
+            return out
+                .into_shape_with_order(IxDyn(&new_shape))
+                .map_err(|e| e.to_string());
         }
         return Err(format!(
             "bias has {d} features but the weight expects {}",
@@ -128,7 +134,8 @@ fn matmul_last(a: &ArrayD<f64>, w: &Array2<f64>) -> Result<ArrayD<f64>, FormErro
     let out = flat.dot(w);
     let mut new_shape = shape;
     *new_shape.last_mut().expect("rank >= 1") = w.ncols();
-    out.into_shape_with_order(IxDyn(&new_shape)).map_err(|e| e.to_string())
+    out.into_shape_with_order(IxDyn(&new_shape))
+        .map_err(|e| e.to_string())
 }
 
 fn broadcast_add(a: &ArrayD<f64>, b: &ArrayD<f64>) -> Result<ArrayD<f64>, FormError> {
@@ -145,7 +152,13 @@ fn broadcast_add(a: &ArrayD<f64>, b: &ArrayD<f64>) -> Result<ArrayD<f64>, FormEr
             (x, y) if x == y => *x,
             (1, y) => *y,
             (x, 1) => *x,
-            _ => return Err(format!("bias shapes {:?} and {:?} do not broadcast", a.shape(), b.shape())),
+            _ => {
+                return Err(format!(
+                    "bias shapes {:?} and {:?} do not broadcast",
+                    a.shape(),
+                    b.shape()
+                ));
+            }
         });
     }
     let av = a.to_shape(IxDyn(&sa)).map_err(|e| e.to_string())?;
@@ -170,7 +183,13 @@ fn broadcast_mul(a: &ArrayD<f64>, b: &ArrayD<f64>) -> Result<ArrayD<f64>, FormEr
             (x, y) if x == y => *x,
             (1, y) => *y,
             (x, 1) => *x,
-            _ => return Err(format!("shapes {:?} and {:?} do not broadcast", a.shape(), b.shape())),
+            _ => {
+                return Err(format!(
+                    "shapes {:?} and {:?} do not broadcast",
+                    a.shape(),
+                    b.shape()
+                ));
+            }
         });
     }
     let av = a.to_shape(IxDyn(&sa)).map_err(|e| e.to_string())?;
@@ -414,7 +433,9 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let z = Form::source(x).plus(Form::source(x), -1.0).unwrap();
-        assert!(matches!(Form::combine(&z.parts[&x], None).unwrap(), Combined::Scaled(s) if s == 0.0));
+        assert!(
+            matches!(Form::combine(&z.parts[&x], None).unwrap(), Combined::Scaled(s) if s == 0.0)
+        );
     }
 
     #[test]

@@ -39,7 +39,9 @@ impl LinOp {
     /// The non-constant inputs.
     pub fn inputs(&self) -> Vec<ValueId> {
         match self {
-            LinOp::Dense { input, .. } | LinOp::Elementwise { input, .. } | LinOp::Pass { input } => {
+            LinOp::Dense { input, .. }
+            | LinOp::Elementwise { input, .. }
+            | LinOp::Pass { input } => {
                 vec![*input]
             }
             LinOp::Sum { a, b, .. } => vec![*a, *b],
@@ -60,13 +62,16 @@ fn float_or_unknown(g: &Graph, v: ValueId) -> bool {
 /// the leading shape of the result); when the value's rank is unknown only vectors qualify.
 fn fits_rank(g: &Graph, x: ValueId, c: &ArrayD<f64>) -> bool {
     match super::types::shape(g, x) {
-        Some(s) => c.ndim() <= s.len() && s.last().is_some_and(|d| match d {
-            super::types::Dim::Known(n) => {
-                let last = *c.shape().last().unwrap_or(&1);
-                last == 1 || last as i64 == *n
-            }
-            _ => true,
-        }),
+        Some(s) => {
+            c.ndim() <= s.len()
+                && s.last().is_some_and(|d| match d {
+                    super::types::Dim::Known(n) => {
+                        let last = *c.shape().last().unwrap_or(&1);
+                        last == 1 || last as i64 == *n
+                    }
+                    _ => true,
+                })
+        }
         None => c.ndim() <= 1,
     }
 }
@@ -204,7 +209,11 @@ pub fn classify(g: &Graph, n: NodeId) -> Option<LinOp> {
                 None => false,
                 Some(t) => g
                     .constant(t)
-                    .and_then(|c| c.bytes("training_mode").ok().map(|b| b.iter().any(|&x| x != 0)))
+                    .and_then(|c| {
+                        c.bytes("training_mode")
+                            .ok()
+                            .map(|b| b.iter().any(|&x| x != 0))
+                    })
                     .unwrap_or(true),
             };
             (!mask_used && !training).then_some(LinOp::Pass { input: x })
