@@ -12,6 +12,6 @@ pub mod text;
 
 pub use error::{Error, Result};
 pub mod driver;
-pub mod rewrite;
 #[path = "../passes/mod.rs"]
 pub mod passes;
+pub mod rewrite;

@@ -64,12 +64,21 @@ fn every_subcommand_has_help_with_an_example() {
         let o = run_graft(&[sub, "--help"]);
         assert!(o.status.success(), "{sub} --help failed");
         let text = stdout(&o);
-        assert!(text.contains("Example"), "{sub} --help has no example:\n{text}");
+        assert!(
+            text.contains("Example"),
+            "{sub} --help has no example:\n{text}"
+        );
     }
     let o = run_graft(&["--help"]);
     assert!(stdout(&o).contains("Examples"));
     let o = run_graft(&["passes"]);
-    for p in ["dce", "cse", "eliminate-identity", "constant-fold", "cleanup"] {
+    for p in [
+        "dce",
+        "cse",
+        "eliminate-identity",
+        "constant-fold",
+        "cleanup",
+    ] {
         assert!(stdout(&o).contains(p), "graft passes misses {p}");
     }
 }

@@ -13,7 +13,7 @@ fn roundtrip_one(py: &Path, model: &Path, out_dir: &Path) -> Result<(), String> 
         .unwrap_or(model)
         .to_string_lossy()
         .replace(['/', '\\'], "__");
-    let out = out_dir.join(name.to_string());
+    let out = out_dir.join(&name);
     let o = run_graft(&[
         "opt",
         model.to_str().unwrap(),
