@@ -10,9 +10,9 @@
 //! computation, a low-rank product added to a weight) folds when its final result is small.
 //! Refuses: nondeterministic operators, nodes with subgraphs, nodes producing a graph output,
 //! nodes the evaluator rejects (the reason is reported), and — the size guard — any group whose
-//! results (the values that non-constant nodes read) take more bytes than the constants the
-//! group frees plus 64 bytes, so folding never grows the model (an `Expand` of a scalar to a
-//! large shape stays as it is).
+//! results (the values that non-constant nodes read, with their names) take more bytes than
+//! what the group frees (dead constants and the removed nodes themselves) plus 64 bytes, so
+//! folding never grows the model file (an `Expand` of a scalar to a large shape stays as it is).
 //! Sound because the evaluator implements the ONNX operator semantics (checked against the ONNX
 //! backend node tests) and the folded values are exactly what the node would compute at run time.
 
@@ -247,7 +247,13 @@ impl ConstantFold {
                 );
             }
         }
-        let bytes_of = |v: &ValueId| values[v].to_raw_bytes().len() as u64;
+        // What a new initializer costs in the file: its data, its name and its dims.
+        let bytes_of = |v: &ValueId| {
+            values[v].to_raw_bytes().len() as u64
+                + g.value(*v).name.len() as u64
+                + 8 * values[v].shape().len() as u64
+                + 8
+        };
         let mut rejected: Vec<(ValueId, u64, u64)> = Vec::new();
         let (dead, freed) = loop {
             let (dead, freed) = dead_after_cut(g, nodes, &set, &accepted);
@@ -336,7 +342,7 @@ fn dead_after_cut(
     let mut freed = 0u64;
     let mut seen = HashSet::new();
     for &n in &dead {
-        freed += constant_node_bytes(g.node(n));
+        freed += constant_node_bytes(g.node(n)) + node_proto_bytes(g, n);
         for &v in g.node(n).inputs.iter().flatten() {
             if !seen.insert(v) {
                 continue;
@@ -352,6 +358,25 @@ fn dead_after_cut(
         }
     }
     (dead, freed)
+}
+
+/// Roughly what a node takes in the serialized model: its names, op type and attributes.
+fn node_proto_bytes(g: &crate::ir::Graph, n: NodeId) -> u64 {
+    use onnx_protobuf::Message;
+    let node = g.node(n);
+    let names: usize = node
+        .inputs
+        .iter()
+        .chain(node.outputs.iter())
+        .map(|v| v.map_or(0, |v| g.value(v).name.len()) + 2)
+        .sum();
+    let attrs: u64 = node
+        .attrs
+        .iter()
+        .filter(|a| a.t.is_none())
+        .map(|a| a.compute_size() + 2)
+        .sum();
+    (node.name.len() + node.op_type.len() + node.domain.len() + names + 6) as u64 + attrs
 }
 
 fn constant_node_bytes(node: &crate::ir::Node) -> u64 {

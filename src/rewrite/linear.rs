@@ -9,7 +9,7 @@ use ndarray::{Array2, ArrayD, Ix2};
 
 use super::consts::{const_f64, is_const};
 use super::form::per_feature;
-use super::types::{elem_type, static_shape};
+use super::types::{elem_type, last_dim, static_shape};
 use crate::ir::{Graph, NodeId, ValueId};
 
 /// How a node's output depends on its non-constant input(s).
@@ -147,6 +147,22 @@ pub fn classify(g: &Graph, n: NodeId) -> Option<LinOp> {
                 (ka, _) => {
                     let (x, c) = if ka { (b, a) } else { (a, b) };
                     let cv = const_f64(g, c)?;
+                    // A one-feature value times a feature vector is an outer product: a dense
+                    // [1, D] map (AdapterBias's token-dependent shift α·v).
+                    if node.op_type == "Mul"
+                        && last_dim(g, x) == Some(1)
+                        && cv.len() > 1
+                        && let Some(Some(v)) = per_feature(&cv)
+                        && cv.ndim() <= super::types::shape(g, x).map_or(1, |s| s.len())
+                    {
+                        let w = v.into_shape_with_order((1, cv.len())).ok()?;
+                        return Some(LinOp::Dense {
+                            input: x,
+                            w: Arc::new(w),
+                            bias: None,
+                            weight: c,
+                        });
+                    }
                     if !fits_rank(g, x, &cv) {
                         return None;
                     }
