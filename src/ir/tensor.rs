@@ -174,10 +174,19 @@ pub fn check_embedded(name: &str, p: &TensorProto) -> Result<()> {
         }
         return Ok(());
     }
-    let Some(need) = dtype::byte_len(p.data_type, count) else {
+    if dtype::bits(p.data_type).is_none() {
         // Unknown element type: keep the tensor as it is; graft never reads it.
         return Ok(());
-    };
+    }
+    let need = dtype::byte_len(p.data_type, count).ok_or_else(|| {
+        Error::tensor(
+            name,
+            format!(
+                "dims {:?} describe more bytes than can be addressed (the size overflows)",
+                p.dims
+            ),
+        )
+    })?;
     if !p.raw_data.is_empty() || count == 0 || typed_len(p) == 0 {
         if p.raw_data.len() as u64 != need {
             return Err(Error::tensor(

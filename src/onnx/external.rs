@@ -155,6 +155,12 @@ impl Resolver {
         };
         let count = dtype::element_count(&t.dims)
             .ok_or_else(|| format!("dims {:?} are negative or their product overflows", t.dims))?;
+        if dtype::bits(t.data_type).is_some() && dtype::byte_len(t.data_type, count).is_none() {
+            return Err(format!(
+                "dims {:?} describe more bytes than can be addressed (the size overflows)",
+                t.dims
+            ));
+        }
         let need = dtype::byte_len(t.data_type, count);
         if spec.offset > file.len {
             return Err(format!(
