@@ -11,4 +11,4 @@ if ! "$VENV/bin/python" -c "import onnx, onnxruntime, numpy" 2>/dev/null; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/oracle-requirements.txt
 fi
 export GRAFT_PYTHON="$VENV/bin/python"
-exec cargo test --locked "$@"
+exec cargo test --locked --no-fail-fast "$@"
