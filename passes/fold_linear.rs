@@ -30,7 +30,7 @@ use crate::driver::{Pass, PassContext};
 use crate::ir::{Graph, Model, Node, NodeId, ValueId};
 use crate::rewrite::consts::{from_f64, is_const};
 use crate::rewrite::find_root;
-use crate::rewrite::form::{Combined, Form, Term};
+use crate::rewrite::form::{Combined, Form, Source, Term};
 use crate::rewrite::linear::{LinOp, classify};
 use crate::rewrite::types::{elem_type, last_dim, static_shape};
 
@@ -167,6 +167,7 @@ fn forms(
             }
             LinOp::Sum { a, b, sign } => form_of(&out, *a).plus(form_of(&out, *b), *sign)?,
             LinOp::Pass { input } => form_of(&out, *input),
+            LinOp::Lookup { ids, table, .. } => Form::lookup(*ids, table),
         };
         out.insert(y, f);
     }
@@ -180,6 +181,7 @@ fn node_macs(g: &Graph, n: NodeId, op: &LinOp) -> u64 {
             (w.nrows() * w.ncols() + bias.as_ref().map_or(0, |_| w.ncols())) as u64
         }
         LinOp::Pass { .. } => 0,
+        LinOp::Lookup { table, .. } => table.ncols() as u64,
         _ => {
             let out = g.node(n).outputs[0].expect("output");
             last_dim(g, out).unwrap_or(1).max(1) as u64
@@ -189,7 +191,7 @@ fn node_macs(g: &Graph, n: NodeId, op: &LinOp) -> u64 {
 
 /// How one source of a root is rebuilt.
 struct SourcePlan {
-    source: ValueId,
+    source: Source,
     combined: Combined,
     /// The region node whose op (and weight layout) a dense result reuses.
     anchor: Option<NodeId>,
@@ -217,14 +219,31 @@ fn plan_root(
     let output = g.node(root).outputs[0].expect("output");
     let mut sources = Vec::new();
     for (&s, terms) in &form.parts {
-        let combined = Form::combine(terms, width_of(g, s))?;
+        let width = match s {
+            Source::Value(v) => width_of(g, v),
+            Source::OneHot(_) => None,
+        };
+        let combined = Form::combine(terms, width)?;
         let anchor = match &combined {
             Combined::Dense(m) => region
                 .nodes
                 .iter()
                 .copied()
-                .filter(|n| matches!(&ops[n], LinOp::Dense { input, w, .. } if *input == s && w.dim() == m.dim()))
-                .max_by_key(|n| (g.node(*n).op_type == "Gemm", std::cmp::Reverse(g.node(*n).order))),
+                .filter(|n| match (&ops[n], s) {
+                    (LinOp::Dense { input, w, .. }, Source::Value(v)) => {
+                        *input == v && w.dim() == m.dim()
+                    }
+                    (LinOp::Lookup { ids, table, .. }, Source::OneHot(v)) => {
+                        *ids == v && table.dim() == m.dim()
+                    }
+                    _ => false,
+                })
+                .max_by_key(|n| {
+                    (
+                        g.node(*n).op_type == "Gemm",
+                        std::cmp::Reverse(g.node(*n).order),
+                    )
+                }),
             _ => None,
         };
         sources.push(SourcePlan {
@@ -261,7 +280,10 @@ fn plan_cost(g: &Graph, p: &RootPlan) -> (u64, usize, u64) {
                 params += v.len() as u64;
             }
             Combined::Dense(m) => {
-                macs += (m.nrows() * m.ncols()) as u64;
+                macs += match s.source {
+                    Source::Value(_) => (m.nrows() * m.ncols()) as u64,
+                    Source::OneHot(_) => m.ncols() as u64,
+                };
                 nodes += 1;
                 params += (m.nrows() * m.ncols()) as u64;
             }
@@ -363,15 +385,67 @@ fn build_root(
 ) -> std::result::Result<Vec<Node>, String> {
     let out_name = g.value(p.output).name.clone();
     let out_dtype = elem_type(g, p.output)
-        .or_else(|| p.sources.iter().find_map(|s| elem_type(g, s.source)))
+        .or_else(|| {
+            p.sources.iter().find_map(|s| match s.source {
+                Source::Value(v) => elem_type(g, v),
+                Source::OneHot(_) => None,
+            })
+        })
         .unwrap_or(crate::ir::dtype::code::FLOAT);
     let mut nodes: Vec<Node> = Vec::new();
     let mut produced: Vec<ValueId> = Vec::new();
     let single = p.sources.len() == 1;
     let mut bias_done = false;
     for s in &p.sources {
+        let sv = s.source.value();
+        if let Source::OneHot(ids) = s.source {
+            let Combined::Dense(m) = &s.combined else {
+                return Err("a lookup table folded into something that is not a table".into());
+            };
+            let (mut node, table) = match s.anchor {
+                Some(a) => {
+                    let an = removed[&a].clone();
+                    let t = an
+                        .inputs
+                        .first()
+                        .copied()
+                        .flatten()
+                        .filter(|&w| is_const(g, w));
+                    (an, t)
+                }
+                None => (Node::new("Gather"), None),
+            };
+            let dtype = table
+                .and_then(|w| g.constant(w).map(|t| t.dtype))
+                .unwrap_or(out_dtype);
+            let tensor = from_f64(&m.clone().into_dyn(), dtype);
+            let w = match table {
+                Some(w)
+                    if weight_users.get(&w).copied().unwrap_or(0) == 0
+                        && !g.value(w).is_input
+                        && !g.is_output(w) =>
+                {
+                    g.set_initializer(w, tensor).map_err(|e| e.to_string())?;
+                    w
+                }
+                Some(w) => {
+                    let name = format!("{}_folded", g.value(w).name);
+                    g.add_initializer(&name, tensor)
+                }
+                None => g.add_initializer(&format!("{out_name}_table"), tensor),
+            };
+            let t = g.fresh_value(&format!("{out_name}_lookup"));
+            node.order = 0;
+            node.op_type = "Gather".into();
+            node.attrs.retain(|a| a.name == "axis");
+            node.inputs = vec![Some(w), Some(ids)];
+            node.outputs = vec![Some(t)];
+            nodes.push(node);
+            produced.push(t);
+            continue;
+        }
         let v = match &s.combined {
-            Combined::Scaled(k) if *k == 1.0 => s.source,
+            Combined::Scaled(k) if *k == 1.0 => sv,
             Combined::Scaled(k) => {
                 let c = g.add_initializer(
                     &format!("{out_name}_scale"),
@@ -379,7 +453,7 @@ fn build_root(
                 );
                 let t = g.fresh_value(&format!("{out_name}_scaled"));
                 let mut n = Node::new("Mul");
-                n.inputs = vec![Some(s.source), Some(c)];
+                n.inputs = vec![Some(sv), Some(c)];
                 n.outputs = vec![Some(t)];
                 nodes.push(n);
                 t
@@ -391,7 +465,7 @@ fn build_root(
                 );
                 let t = g.fresh_value(&format!("{out_name}_scaled"));
                 let mut n = Node::new("Mul");
-                n.inputs = vec![Some(s.source), Some(c)];
+                n.inputs = vec![Some(sv), Some(c)];
                 n.outputs = vec![Some(t)];
                 nodes.push(n);
                 t
@@ -439,8 +513,8 @@ fn build_root(
                 node.captures.clear();
                 if gemm {
                     node.attrs.retain(|a| a.name != "alpha" && a.name != "beta");
-                    let mut input = s.source;
-                    let rank2 = static_shape(g, s.source).is_some_and(|sh| sh.len() == 2);
+                    let mut input = sv;
+                    let rank2 = static_shape(g, sv).is_some_and(|sh| sh.len() == 2);
                     if !rank2 {
                         // Gemm needs a matrix: flatten the rows, multiply, restore below.
                         let shp = g.add_initializer(
@@ -456,7 +530,7 @@ fn build_root(
                         );
                         let flat = g.fresh_value(&format!("{out_name}_2d"));
                         let mut r = Node::new("Reshape");
-                        r.inputs = vec![Some(s.source), Some(shp)];
+                        r.inputs = vec![Some(sv), Some(shp)];
                         r.outputs = vec![Some(flat)];
                         nodes.push(r);
                         input = flat;
@@ -489,7 +563,7 @@ fn build_root(
                 } else {
                     node.op_type = "MatMul".into();
                     node.attrs.clear();
-                    node.inputs = vec![Some(s.source), Some(w)];
+                    node.inputs = vec![Some(sv), Some(w)];
                 }
                 let _ = int_attr;
                 nodes.push(node);
@@ -541,7 +615,7 @@ fn build_root(
         && natural.is_none()
         && p.sources
             .iter()
-            .any(|s| static_shape(g, s.source) != static_shape(g, p.output))
+            .any(|s| static_shape(g, s.source.value()) != static_shape(g, p.output))
     {
         // Shapes unknown: only safe when no row regrouping happened (checked by the caller).
     }
@@ -580,8 +654,11 @@ fn natural_shape(g: &Graph, p: &RootPlan) -> Option<Vec<i64>> {
     let mut shape: Option<Vec<i64>> = None;
     let width = width_of(g, p.output)? as i64;
     for s in &p.sources {
-        let mut sh = static_shape(g, s.source)?;
-        *sh.last_mut()? = width;
+        let mut sh = static_shape(g, s.source.value())?;
+        match s.source {
+            Source::Value(_) => *sh.last_mut()? = width,
+            Source::OneHot(_) => sh.push(width),
+        }
         shape = Some(match shape {
             None => sh,
             Some(prev) => broadcast_shapes(&prev, &sh)?,

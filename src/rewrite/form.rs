@@ -92,10 +92,28 @@ pub enum Combined {
     Dense(Array2<f64>),
 }
 
+/// An input of a linear region.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// A real-valued tensor, read along its last axis.
+    Value(ValueId),
+    /// Integer indices, read as one-hot rows: `Gather(T, ids)` is `onehot(ids)·T`, so lookup
+    /// tables compose with the weights after them like any other dense factor.
+    OneHot(ValueId),
+}
+
+impl Source {
+    pub fn value(self) -> ValueId {
+        match self {
+            Source::Value(v) | Source::OneHot(v) => v,
+        }
+    }
+}
+
 /// `y = Σ_s s·M_s + c`.
 #[derive(Clone, Debug, Default)]
 pub struct Form {
-    pub parts: BTreeMap<ValueId, Vec<Term>>,
+    pub parts: BTreeMap<Source, Vec<Term>>,
     pub bias: Option<ArrayD<f64>>,
 }
 
@@ -214,8 +232,25 @@ pub fn per_feature(v: &ArrayD<f64>) -> Option<Option<Array1<f64>>> {
 
 impl Form {
     pub fn source(v: ValueId) -> Self {
+        Self::of(Source::Value(v))
+    }
+
+    /// `Gather(table, ids)` along axis 0.
+    pub fn lookup(ids: ValueId, table: &Arc<Array2<f64>>) -> Self {
         let mut parts = BTreeMap::new();
-        parts.insert(v, vec![Term::identity()]);
+        parts.insert(
+            Source::OneHot(ids),
+            vec![Term {
+                scale: 1.0,
+                factors: vec![Factor::Dense(table.clone())],
+            }],
+        );
+        Form { parts, bias: None }
+    }
+
+    pub fn of(s: Source) -> Self {
+        let mut parts = BTreeMap::new();
+        parts.insert(s, vec![Term::identity()]);
         Form { parts, bias: None }
     }
 
@@ -392,7 +427,7 @@ mod tests {
             .then_scale(&ArrayD::from_elem(IxDyn(&[]), 0.5))
             .unwrap();
         let y = base.plus(lora, 1.0).unwrap();
-        let terms = &y.parts[&x];
+        let terms = &y.parts[&Source::Value(x)];
         assert_eq!(terms[1].rank(), Some(1));
         match Form::combine(terms, None).unwrap() {
             // W + 0.5 * A·B = [[1, 2+5], [3, 4]]
@@ -414,7 +449,7 @@ mod tests {
             .unwrap();
         // (x + 1)·W·diag(2,3): bias = [1,1]·W = [4, 6], times [2,3] = [8, 18].
         assert_eq!(y.bias.unwrap(), array![8.0, 18.0].into_dyn());
-        match Form::combine(&y.parts[&x], None).unwrap() {
+        match Form::combine(&y.parts[&Source::Value(x)], None).unwrap() {
             Combined::Dense(m) => assert_eq!(m, array![[2.0, 6.0], [6.0, 12.0]]),
             other => panic!("{other:?}"),
         }
@@ -428,13 +463,13 @@ mod tests {
             .unwrap()
             .plus(Form::source(x), 1.0)
             .unwrap();
-        match Form::combine(&y.parts[&x], None).unwrap() {
+        match Form::combine(&y.parts[&Source::Value(x)], None).unwrap() {
             Combined::Diag(v) => assert_eq!(v, array![3.0, 4.0]),
             other => panic!("{other:?}"),
         }
         let z = Form::source(x).plus(Form::source(x), -1.0).unwrap();
         assert!(
-            matches!(Form::combine(&z.parts[&x], None).unwrap(), Combined::Scaled(s) if s == 0.0)
+            matches!(Form::combine(&z.parts[&Source::Value(x)], None).unwrap(), Combined::Scaled(s) if s == 0.0)
         );
     }
 

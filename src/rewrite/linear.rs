@@ -33,6 +33,12 @@ pub enum LinOp {
     /// `out = in` (Identity, inference Dropout, Cast to the same type, a Reshape that only
     /// regroups rows).
     Pass { input: ValueId },
+    /// `out = Gather(table, ids)` along axis 0 from a constant `[V, d]` table.
+    Lookup {
+        ids: ValueId,
+        table: Arc<Array2<f64>>,
+        weight: ValueId,
+    },
 }
 
 impl LinOp {
@@ -45,6 +51,7 @@ impl LinOp {
                 vec![*input]
             }
             LinOp::Sum { a, b, .. } => vec![*a, *b],
+            LinOp::Lookup { ids, .. } => vec![*ids],
         }
     }
 }
@@ -204,6 +211,18 @@ pub fn classify(g: &Graph, n: NodeId) -> Option<LinOp> {
                     }
                 }
             }
+        }
+        "Gather" => {
+            let (t, ids) = (input(0)?, input(1)?);
+            if !konst(t) || konst(ids) || node.attr_int("axis").unwrap_or(0) != 0 {
+                return None;
+            }
+            let table = const_f64(g, t)?.into_dimensionality::<Ix2>().ok()?;
+            Some(LinOp::Lookup {
+                ids,
+                table: Arc::new(table),
+                weight: t,
+            })
         }
         "Neg" => Some(LinOp::Elementwise {
             input: input(0).filter(|&x| !konst(x))?,
