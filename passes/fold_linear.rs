@@ -20,7 +20,7 @@
 //! exactly `Σ_s s·M_s + c`; the merge is computed in f64 from the stored weights and rounded
 //! once to the weight's element type.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
 use onnx_protobuf::AttributeProto;
@@ -29,9 +29,9 @@ use crate::Result;
 use crate::driver::{Pass, PassContext};
 use crate::ir::{Graph, Model, Node, NodeId, ValueId};
 use crate::rewrite::consts::{from_f64, is_const};
-use crate::rewrite::find_root;
 use crate::rewrite::form::{Combined, Form, Source, Term};
 use crate::rewrite::linear::{LinOp, classify};
+use crate::rewrite::region::{Region, regions};
 use crate::rewrite::types::{elem_type, last_dim, static_shape};
 
 pub struct FoldLinear;
@@ -46,85 +46,6 @@ pub struct FoldRecord {
     pub macs_before: u64,
     pub macs_after: u64,
     pub nodes_removed: usize,
-}
-
-struct Region {
-    roots: Vec<NodeId>,
-    nodes: BTreeSet<NodeId>,
-}
-
-/// Finds regions: roots are affine nodes whose output leaves the affine world (a non-affine
-/// consumer, a graph output, a subgraph capture); a root's cone extends backwards through
-/// affine nodes all of whose consumers are affine. Roots whose cones share nodes form one
-/// region (they are rewritten together or not at all).
-fn regions(g: &Graph, ops: &HashMap<NodeId, LinOp>, order: &[NodeId]) -> Vec<Region> {
-    let absorbable = |n: NodeId| -> bool {
-        let node = g.node(n);
-        let Some(Some(out)) = node.outputs.first() else {
-            return false;
-        };
-        if node
-            .outputs
-            .iter()
-            .skip(1)
-            .flatten()
-            .any(|o| !g.value(*o).consumers.is_empty() || g.is_output(*o))
-        {
-            return false;
-        }
-        let val = g.value(*out);
-        !g.is_output(*out)
-            && !val.is_captured()
-            && !val.consumers.is_empty()
-            && val.consumers.iter().all(|(c, _)| ops.contains_key(c))
-    };
-    let roots: Vec<NodeId> = order
-        .iter()
-        .copied()
-        .filter(|n| ops.contains_key(n) && !absorbable(*n))
-        .collect();
-    let mut cones: Vec<BTreeSet<NodeId>> = Vec::new();
-    for &r in &roots {
-        let mut cone = BTreeSet::new();
-        let mut stack = vec![r];
-        while let Some(n) = stack.pop() {
-            if !cone.insert(n) {
-                continue;
-            }
-            for v in ops[&n].inputs() {
-                if let Some(p) = g.producer(v)
-                    && ops.contains_key(&p)
-                    && absorbable(p)
-                {
-                    stack.push(p);
-                }
-            }
-        }
-        cones.push(cone);
-    }
-    let mut parent: Vec<usize> = (0..roots.len()).collect();
-    let mut owner: HashMap<NodeId, usize> = HashMap::new();
-    for (i, cone) in cones.iter().enumerate() {
-        for &n in cone {
-            if let Some(&j) = owner.get(&n) {
-                let (a, b) = (find_root(&mut parent, i), find_root(&mut parent, j));
-                parent[a] = b;
-            } else {
-                owner.insert(n, i);
-            }
-        }
-    }
-    let mut groups: BTreeMap<usize, Region> = BTreeMap::new();
-    for (i, cone) in cones.into_iter().enumerate() {
-        let r = find_root(&mut parent, i);
-        let e = groups.entry(r).or_insert_with(|| Region {
-            roots: Vec::new(),
-            nodes: BTreeSet::new(),
-        });
-        e.roots.push(roots[i]);
-        e.nodes.extend(cone);
-    }
-    groups.into_values().collect()
 }
 
 /// The affine form of every value computed inside a region.
@@ -719,7 +640,9 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<(usize, Ve
             ops.insert(n, op);
         }
     }
-    let regions = regions(&model.graph, &ops, &order);
+    let inputs: HashMap<NodeId, Vec<ValueId>> =
+        ops.iter().map(|(n, op)| (*n, op.inputs())).collect();
+    let regions = regions(&model.graph, &inputs, &order);
     let mut done = 0;
     let mut records = Vec::new();
     for region in regions {

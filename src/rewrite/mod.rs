@@ -4,6 +4,7 @@
 pub mod consts;
 pub mod form;
 pub mod linear;
+pub mod region;
 pub mod types;
 
 /// Union-find root of `x` with path compression (used to group nodes into regions).
