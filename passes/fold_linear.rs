@@ -642,7 +642,7 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<(usize, Ve
     }
     let inputs: HashMap<NodeId, Vec<ValueId>> =
         ops.iter().map(|(n, op)| (*n, op.inputs())).collect();
-    let regions = regions(&model.graph, &inputs, &order);
+    let regions = regions(&model.graph, &inputs, &order, &HashSet::new());
     let mut done = 0;
     let mut records = Vec::new();
     for region in regions {

@@ -7,6 +7,7 @@ pub mod constant_fold;
 pub mod cse;
 pub mod dce;
 pub mod eliminate_identity;
+pub mod fold_conv;
 pub mod fold_linear;
 pub mod shape_infer;
 
@@ -19,6 +20,7 @@ pub fn all() -> &'static [&'static dyn Pass] {
         &shape_infer::ShapeInfer,
         &constant_fold::ConstantFold,
         &fold_linear::FoldLinear,
+        &fold_conv::FoldConv,
     ]
 }
 

@@ -224,6 +224,41 @@ pub fn classify(g: &Graph, n: NodeId) -> Option<LinOp> {
                 weight: t,
             })
         }
+        // BatchNormalization on [N, C] (BatchNorm1d before a Linear): C is the last axis.
+        "BatchNormalization" => {
+            let x = input(0).filter(|&x| !konst(x))?;
+            if super::types::shape(g, x)?.len() != 2
+                || node.outputs.iter().skip(1).flatten().next().is_some()
+                || node.attr_int("training_mode").unwrap_or(0) != 0
+            {
+                return None;
+            }
+            let get = |i: usize| -> Option<ndarray::Array1<f64>> {
+                let v = input(i).filter(|&v| konst(v))?;
+                Some(ndarray::Array1::from_iter(const_f64(g, v)?.iter().copied()))
+            };
+            let (gamma, beta, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
+            let eps = node.attr_float("epsilon").unwrap_or(1e-5) as f64;
+            let c = gamma.len();
+            if [beta.len(), mean.len(), var.len()].iter().any(|&l| l != c) {
+                return None;
+            }
+            let t: ndarray::Array1<f64> = gamma
+                .iter()
+                .zip(&var)
+                .map(|(g, v)| g / (v + eps).sqrt())
+                .collect();
+            let shift: ndarray::Array1<f64> = beta
+                .iter()
+                .zip(mean.iter().zip(&t))
+                .map(|(b, (m, t))| b - m * t)
+                .collect();
+            Some(LinOp::Elementwise {
+                input: x,
+                scale: Some(t.into_dyn()),
+                shift: Some(shift.into_dyn()),
+            })
+        }
         "Neg" => Some(LinOp::Elementwise {
             input: input(0).filter(|&x| !konst(x))?,
             scale: Some(ArrayD::from_elem(ndarray::IxDyn(&[]), -1.0)),

@@ -1,6 +1,6 @@
 //! Regions: maximal groups of classified (affine) nodes whose intermediate values stay inside.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::find_root;
 use crate::ir::{Graph, NodeId, ValueId};
@@ -15,8 +15,14 @@ pub struct Region {
 /// reads): roots are affine nodes whose output leaves the affine world (a non-affine
 /// consumer, a graph output, a subgraph capture); a root's cone extends backwards through
 /// affine nodes all of whose consumers are affine. Roots whose cones share nodes form one
-/// region (they are rewritten together or not at all).
-pub fn regions(g: &Graph, ops: &HashMap<NodeId, Vec<ValueId>>, order: &[NodeId]) -> Vec<Region> {
+/// region (they are rewritten together or not at all). Values in `cuts` always end a region
+/// (a pass cuts where a region's pieces turned out not to compose, and retries).
+pub fn regions(
+    g: &Graph,
+    ops: &HashMap<NodeId, Vec<ValueId>>,
+    order: &[NodeId],
+    cuts: &HashSet<ValueId>,
+) -> Vec<Region> {
     let absorbable = |n: NodeId| -> bool {
         let node = g.node(n);
         let Some(Some(out)) = node.outputs.first() else {
@@ -32,7 +38,8 @@ pub fn regions(g: &Graph, ops: &HashMap<NodeId, Vec<ValueId>>, order: &[NodeId])
             return false;
         }
         let val = g.value(*out);
-        !g.is_output(*out)
+        !cuts.contains(out)
+            && !g.is_output(*out)
             && !val.is_captured()
             && !val.consumers.is_empty()
             && val.consumers.iter().all(|(c, _)| ops.contains_key(c))
