@@ -9,10 +9,11 @@
 //! together, so a chain whose intermediate values are large (an `EyeLike` feeding a weight-norm
 //! computation, a low-rank product added to a weight) folds when its final result is small.
 //! Refuses: nondeterministic operators, nodes with subgraphs, nodes producing a graph output,
-//! nodes the evaluator rejects (the reason is reported), and — the size guard — any group whose
-//! results (the values that non-constant nodes read, with their names) take more bytes than
-//! what the group frees (dead constants and the removed nodes themselves) plus 64 bytes, so
-//! folding never grows the model file (an `Expand` of a scalar to a large shape stays as it is).
+//! nodes the evaluator rejects (the reason is reported), and — the size guard — any value that
+//! would leave the group (be read by a non-constant node) if it takes, with its name, more
+//! bytes than what cutting it frees (dead constants and the removed nodes themselves) plus 64 bytes, or
+//! more elements than it frees plus 16, so folding never grows the model file or its parameter
+//! count beyond a shape constant (an `Expand` of a scalar to a large shape stays as it is).
 //! Sound because the evaluator implements the ONNX operator semantics (checked against the ONNX
 //! backend node tests) and the folded values are exactly what the node would compute at run time.
 
@@ -27,6 +28,8 @@ pub struct ConstantFold;
 
 /// Outputs may exceed the bytes they free by this much (a shape or scalar constant).
 const SLACK_BYTES: u64 = 64;
+/// ... and the parameter count by this many elements.
+const SLACK_ELEMENTS: u64 = 16;
 
 const NONDETERMINISTIC: &[&str] = &[
     "RandomNormal",
@@ -254,22 +257,36 @@ impl ConstantFold {
                 + 8 * values[v].shape().len() as u64
                 + 8
         };
+        // Each value must pay for itself: its bytes may not exceed what cutting it frees (given
+        // the other cuts) plus a small slack, so no value rides on another's savings.
         let mut rejected: Vec<(ValueId, u64, u64)> = Vec::new();
-        let (dead, freed) = loop {
-            let (dead, freed) = dead_after_cut(g, nodes, &set, &accepted);
-            let new_bytes: u64 = accepted.iter().map(bytes_of).sum();
-            if new_bytes <= freed + SLACK_BYTES || accepted.is_empty() {
-                break (dead, freed);
+        loop {
+            let (_, freed_all, elems_all) = dead_after_cut(g, nodes, &set, &accepted);
+            let mut worst: Option<(usize, u64, u64, i128)> = None;
+            for (i, v) in accepted.iter().enumerate() {
+                let others: Vec<ValueId> = accepted.iter().copied().filter(|x| x != v).collect();
+                let (_, freed_others, elems_others) = dead_after_cut(g, nodes, &set, &others);
+                let marginal = freed_all.saturating_sub(freed_others);
+                let marginal_elems = elems_all.saturating_sub(elems_others);
+                let cost = bytes_of(v);
+                // Neither the file nor the parameter count may grow (beyond a few elements for
+                // a shape or scalar constant).
+                let elem_excess =
+                    values[v].len() as i128 - (marginal_elems + SLACK_ELEMENTS) as i128;
+                let excess = (cost as i128 - (marginal + SLACK_BYTES) as i128).max(elem_excess);
+                if excess > 0 && worst.is_none_or(|w| excess > w.3) {
+                    worst = Some((i, cost, marginal, excess));
+                }
             }
-            let (i, _) = accepted
-                .iter()
-                .enumerate()
-                .max_by_key(|(_, v)| (bytes_of(v), std::cmp::Reverse(v.0)))
-                .expect("non-empty");
-            let v = accepted.remove(i);
-            rejected.push((v, new_bytes, freed));
-        };
-        let _ = freed;
+            match worst {
+                None => break,
+                Some((i, cost, marginal, _)) => {
+                    let v = accepted.remove(i);
+                    rejected.push((v, cost, marginal));
+                }
+            }
+        }
+        let (dead, _, _) = dead_after_cut(g, nodes, &set, &accepted);
         for (v, new_bytes, freed) in rejected {
             if let Some(p) = g.producer(v) {
                 cx.refuse(
@@ -316,7 +333,7 @@ fn dead_after_cut(
     nodes: &[NodeId],
     set: &HashSet<NodeId>,
     cut: &[ValueId],
-) -> (HashSet<NodeId>, u64) {
+) -> (HashSet<NodeId>, u64, u64) {
     // Walk backwards: a group node is alive if an output it writes is read by an alive group
     // node, or by a node outside the group without being cut.
     let mut alive: HashSet<NodeId> = HashSet::new();
@@ -340,9 +357,12 @@ fn dead_after_cut(
         .filter(|n| !alive.contains(n))
         .collect();
     let mut freed = 0u64;
+    let mut elems = 0u64;
     let mut seen = HashSet::new();
     for &n in &dead {
-        freed += constant_node_bytes(g.node(n)) + node_proto_bytes(g, n);
+        let cb = constant_node_bytes(g.node(n));
+        freed += cb + node_proto_bytes(g, n);
+        elems += cb / 4;
         for &v in g.node(n).inputs.iter().flatten() {
             if !seen.insert(v) {
                 continue;
@@ -354,10 +374,11 @@ fn dead_after_cut(
                 && val.consumers.iter().all(|(c, _)| dead.contains(c))
             {
                 freed += t.byte_len().unwrap_or(0);
+                elems += t.numel();
             }
         }
     }
-    (dead, freed)
+    (dead, freed, elems)
 }
 
 /// Roughly what a node takes in the serialized model: its names, op type and attributes.
