@@ -793,7 +793,7 @@ impl Pass for FoldConv {
         "fold BatchNorm, RepVGG/ACNet branches and conv LoRA into one Conv per input"
     }
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<usize> {
-        Ok(fold_conv(model, cx)?.0)
+        fold_conv(model, cx)
     }
 }
 
@@ -807,10 +807,7 @@ fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
 }
 
 /// Runs the fold; returns how many regions were rewritten and what each did.
-pub fn fold_conv(
-    model: &mut Model,
-    cx: &mut PassContext,
-) -> Result<(usize, Vec<super::fold_linear::FoldRecord>)> {
+pub fn fold_conv(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
     let mut order = model.graph.topo_order()?;
     let mut ops: HashMap<NodeId, COp> = HashMap::new();
     for &n in &order {
@@ -822,7 +819,6 @@ pub fn fold_conv(
         ops.iter().map(|(n, op)| (*n, op.inputs())).collect();
     let mut cuts: HashSet<ValueId> = HashSet::new();
     let mut done = 0;
-    let mut records = Vec::new();
     // Regions whose pieces do not compose are cut where they failed and found again; each
     // round adds at least one cut, so this ends.
     let mut pending: Option<Vec<Region>> = Some(regions(&model.graph, &inputs, &order, &cuts));
@@ -1179,7 +1175,8 @@ pub fn fold_conv(
             } else {
                 kinds.into_iter().collect::<Vec<_>>().join(" + ")
             };
-            records.push(super::fold_linear::FoldRecord {
+            cx.rewrote(crate::driver::Rewrite {
+                pass: String::new(),
                 method,
                 target: described.first().cloned().unwrap_or(label),
                 rank: None,
@@ -1205,5 +1202,5 @@ pub fn fold_conv(
             order = order2;
         }
     }
-    Ok((done, records))
+    Ok(done)
 }

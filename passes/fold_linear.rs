@@ -36,18 +36,6 @@ use crate::rewrite::types::{elem_type, last_dim, static_shape};
 
 pub struct FoldLinear;
 
-/// What one rewrite did, for the fold report.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct FoldRecord {
-    pub method: String,
-    pub target: String,
-    pub rank: Option<usize>,
-    pub parameters_removed: i64,
-    pub macs_before: u64,
-    pub macs_after: u64,
-    pub nodes_removed: usize,
-}
-
 /// The affine form of every value computed inside a region.
 fn forms(
     g: &Graph,
@@ -626,13 +614,12 @@ impl Pass for FoldLinear {
         "fold linear regions (LoRA, DoRA, IA3, linear adapters, chains) into one MatMul/Gemm per input"
     }
     fn run(&self, model: &mut Model, cx: &mut PassContext) -> Result<usize> {
-        let (n, _) = fold_linear(model, cx)?;
-        Ok(n)
+        fold_linear(model, cx)
     }
 }
 
 /// Runs the fold; returns the number of rewritten regions and what each did.
-pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<(usize, Vec<FoldRecord>)> {
+pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
     let order = model.graph.topo_order()?;
     let mut ops: HashMap<NodeId, LinOp> = HashMap::new();
     for &n in &order {
@@ -644,7 +631,6 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<(usize, Ve
         ops.iter().map(|(n, op)| (*n, op.inputs())).collect();
     let regions = regions(&model.graph, &inputs, &order, &HashSet::new());
     let mut done = 0;
-    let mut records = Vec::new();
     for region in regions {
         let g = &model.graph;
         let all_forms = match forms(g, &ops, &region, &order) {
@@ -795,7 +781,8 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<(usize, Ve
         }
         done += 1;
         for (method, rank, target) in descriptions {
-            records.push(FoldRecord {
+            cx.rewrote(crate::driver::Rewrite {
+                pass: String::new(),
                 method,
                 target,
                 rank,
@@ -806,5 +793,5 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<(usize, Ve
             });
         }
     }
-    Ok((done, records))
+    Ok(done)
 }

@@ -30,11 +30,18 @@ pub fn lookup(name: &str) -> Option<&'static dyn Pass> {
 }
 
 /// Named pipelines usable in `--passes`.
-pub const NAMED_PIPELINES: &[(&str, &str, &str)] = &[(
-    "cleanup",
-    "fixpoint(eliminate-identity,constant-fold,cse,dce)",
-    "remove identities, fold constants, merge duplicates and drop dead code until nothing changes",
-)];
+pub const NAMED_PIPELINES: &[(&str, &str, &str)] = &[
+    (
+        "cleanup",
+        "fixpoint(eliminate-identity,constant-fold,cse,dce)",
+        "remove identities, fold constants, merge duplicates and drop dead code until nothing changes",
+    ),
+    (
+        "fold",
+        "shape-infer,cleanup,fixpoint(fold-linear,fold-conv,cleanup)",
+        "fold every linear adapter and BatchNorm into the base weights (what `graft fold` runs)",
+    ),
+];
 
 pub fn named_pipeline(name: &str) -> Option<&'static str> {
     NAMED_PIPELINES

@@ -9,6 +9,7 @@ pub mod eval;
 pub mod ir;
 pub mod onnx;
 pub mod text;
+pub mod verify;
 
 pub use error::{Error, Result};
 pub mod driver;

@@ -8,9 +8,11 @@ macro_rules! outln {
     }};
 }
 
+mod fold;
 mod inspect;
 mod opt;
 mod textio;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -50,6 +52,15 @@ enum Command {
     /// Run a pipeline of passes over a model and write the result.
     #[command(after_help = opt::AFTER_HELP)]
     Opt(opt::Args),
+    /// Fold every linear adapter (LoRA, DoRA, IA3, linear adapters, BatchNorm, RepVGG
+    /// branches, ...) back into the base weights, check the result numerically and report.
+    #[command(after_help = fold::AFTER_HELP)]
+    Fold(fold::Args),
+    /// Compare two models' outputs on the CPU evaluator with the same inputs.
+    #[command(
+        after_help = "Example:\n  graft verify model.onnx folded.onnx\n  graft verify a.onnx b.onnx --inputs inputs.npz --tolerance 1e-5"
+    )]
+    Verify(verify::Args),
     /// List every pass and named pipeline with its one-line summary.
     Passes,
 }
@@ -68,6 +79,14 @@ pub fn main() -> i32 {
         Command::Print(a) => textio::print(a),
         Command::Convert(a) => textio::convert(a),
         Command::Opt(a) => opt::run(a),
+        Command::Fold(a) => match fold::run(a) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        Command::Verify(a) => match verify::run(a) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Passes => {
             list_passes();
             Ok(())

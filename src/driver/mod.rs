@@ -27,14 +27,37 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// One rewrite a pass applied, described for reports (the fold report lists these).
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Rewrite {
+    pub pass: String,
+    /// What was recognised, e.g. "low-rank branch + feature scale".
+    pub method: String,
+    /// The node whose weights absorbed the rewrite.
+    pub target: String,
+    pub rank: Option<usize>,
+    pub parameters_removed: i64,
+    /// Multiply-adds per row (or per output pixel) before and after.
+    pub macs_before: u64,
+    pub macs_after: u64,
+    pub nodes_removed: usize,
+}
+
 /// What passes can read and report while they run.
 #[derive(Default)]
 pub struct PassContext {
     pass: String,
     pub refusals: Vec<Refusal>,
+    pub rewrites: Vec<Rewrite>,
 }
 
 impl PassContext {
+    /// Records a rewrite for the report (the pass name is filled in).
+    pub fn rewrote(&mut self, mut r: Rewrite) {
+        r.pass = self.pass.clone();
+        self.rewrites.push(r);
+    }
+
     /// Records that `node` was left alone for `reason` (shown in dumps and reports).
     pub fn refuse(&mut self, node: impl Into<String>, reason: impl Into<String>) {
         let r = Refusal {
@@ -79,6 +102,9 @@ pub struct StepReport {
     pub before: Sizes,
     pub after: Sizes,
     pub refusals: Vec<Refusal>,
+    /// The rewrites it described (passes that fold adapters describe each one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<Rewrite>,
 }
 
 /// Statistics of a whole pipeline run.
@@ -200,7 +226,7 @@ impl<'a> Driver<'a> {
         let backup = model.clone();
         let mut cx = PassContext {
             pass: pass.name().to_string(),
-            refusals: Vec::new(),
+            ..Default::default()
         };
         let outcome = pass.run(model, &mut cx).and_then(|n| {
             if self.verify_ir {
@@ -231,6 +257,7 @@ impl<'a> Driver<'a> {
             before,
             after: Sizes::of(model),
             refusals: cx.refusals,
+            details: cx.rewrites,
         })
     }
 }

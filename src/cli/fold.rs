@@ -1,0 +1,338 @@
+//! `graft fold`: fold every linear adapter back into the base weights, verify, report.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use anyhow::Context;
+use graft::driver::{Driver, Refusal, Rewrite, Sizes};
+use graft::ir::Model;
+use graft::rewrite::adapters::{Leftover, leftovers};
+use graft::verify::OutputDiff;
+use serde::Serialize;
+
+use super::textio::Weights;
+
+pub const AFTER_HELP: &str = "Examples:
+  graft fold models/bert_lora/unmerged.dynamo.onnx -o bert.onnx
+  graft fold model.onnx -o out.onnx --dump-graph=dumps/ --report json=fold.json
+  graft fold model.onnx -o out.onnx --strict          # exit 3 if any adapter-like branch stays
+  graft fold model.onnx -o out.onnx --input-shape input_ids=1,128
+
+The fold pipeline is `shape-infer,cleanup,fixpoint(fold-linear,fold-conv,cleanup)`. After folding,
+graft runs the original and the folded model on the CPU evaluator with the same deterministic
+random inputs and compares every output (relative Frobenius error; tolerance f32 1e-4, f16 1e-2,
+bf16 3e-2 unless --tolerance is given). If an output differs by more, nothing is written and the
+exit code is 1.";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The model to fold (.onnx or .onnxtxt).
+    pub model: PathBuf,
+    /// Where to write the folded model.
+    #[arg(short, long, required_unless_present = "in_place")]
+    pub output: Option<PathBuf>,
+    /// Print the graph before the first pass and after each pass that changed or refused
+    /// something; with =DIR write one file per step.
+    #[arg(long, value_name = "DIR", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
+    pub dump_graph: Option<String>,
+    /// With --dump-graph, also dump after passes that changed nothing.
+    #[arg(long)]
+    pub dump_graph_all: bool,
+    /// How dumps show initializers.
+    #[arg(long, value_enum, default_value_t = Weights::Summary)]
+    pub weights: Weights,
+    /// Write the fold report as JSON: `json` to standard output, or `json=FILE`.
+    #[arg(long, value_name = "json[=FILE]")]
+    pub report: Option<String>,
+    /// Exit with 3 if any adapter-like branch is left in the graph.
+    #[arg(long)]
+    pub strict: bool,
+    /// Skip the numerical check of the folded model against the original.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Shape of an input with symbolic dims for the check, e.g. input_ids=1,128 (repeatable).
+    #[arg(long, value_name = "NAME=D1,D2,...")]
+    pub input_shape: Vec<String>,
+    /// Inputs for the check from an .npz file (arrays named after the model's inputs).
+    #[arg(long, value_name = "NPZ")]
+    pub inputs: Option<PathBuf>,
+    /// Relative Frobenius error allowed per output (default by dtype: f32 1e-4, f16 1e-2,
+    /// bf16 3e-2).
+    #[arg(long)]
+    pub tolerance: Option<f64>,
+    /// Store tensors of 1 KiB or more in an external data file, relative to the output.
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
+    pub external_data: Option<String>,
+    /// Embed every tensor in the output file.
+    #[arg(long, conflicts_with = "external_data")]
+    pub embed_data: bool,
+    /// Allow writing over the input model.
+    #[arg(long)]
+    pub in_place: bool,
+}
+
+#[derive(Serialize)]
+struct Totals {
+    nodes: usize,
+    initializers: usize,
+    parameters: u64,
+    bytes: u64,
+    /// Estimated multiply-adds for one run on the verification inputs, divided by the number
+    /// of tokens (or images) in them.
+    macs_per_sample: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Verification {
+    mode: String,
+    inputs: String,
+    outputs: Vec<OutputDiff>,
+    passed: bool,
+}
+
+#[derive(Serialize)]
+struct FoldReport {
+    input: String,
+    output: String,
+    pipeline: String,
+    folded: Vec<Rewrite>,
+    left_in_place: Vec<Leftover>,
+    refusals: Vec<Refusal>,
+    before: Totals,
+    after: Totals,
+    verification: Option<Verification>,
+    warnings: Vec<String>,
+}
+
+fn totals(model: &Model, shapes: &[(String, i32, Vec<i64>)]) -> Totals {
+    let s = Sizes::of(model);
+    Totals {
+        nodes: s.nodes,
+        initializers: s.initializers,
+        parameters: s.parameters,
+        bytes: s.bytes,
+        macs_per_sample: graft::rewrite::cost::macs(model).map(|m| {
+            let samples = shapes
+                .first()
+                .map(|(_, dt, d)| {
+                    // Token inputs [batch, seq]: per token; images [N, C, H, W]: per image.
+                    if matches!(*dt, 6 | 7) {
+                        d.iter().product::<i64>()
+                    } else {
+                        d.first().copied().unwrap_or(1)
+                    }
+                })
+                .unwrap_or(1)
+                .max(1);
+            m as f64 / samples as f64
+        }),
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<i32> {
+    let out = match (&a.output, a.in_place) {
+        (Some(o), _) => o.clone(),
+        (None, _) => a.model.clone(),
+    };
+    let mut overrides = BTreeMap::new();
+    for s in &a.input_shape {
+        let (n, d) = graft::verify::parse_input_shape(s).map_err(graft::Error::Usage)?;
+        overrides.insert(n, d);
+    }
+    let original = super::textio::load_any(&a.model)?;
+    for name in overrides.keys() {
+        if !original
+            .graph
+            .inputs
+            .iter()
+            .any(|p| &original.graph.value(p.value).name == name)
+        {
+            return Err(graft::Error::Usage(format!(
+                "--input-shape: the model has no input named '{name}'"
+            ))
+            .into());
+        }
+    }
+    let shapes = graft::verify::input_shapes(&original, &overrides)?;
+    let mut model = original.clone();
+    let steps = graft::passes::parse_pipeline("fold")?;
+    let lookup = graft::passes::lookup;
+    let mut driver = Driver::new(&lookup);
+    driver.dump_all = a.dump_graph_all;
+    if let Some(target) = a.dump_graph.as_deref() {
+        driver.dump = Some(super::opt::dump_fn(target, a.weights)?);
+    }
+    let run = driver.run(&mut model, &steps)?;
+    drop(driver);
+
+    // What was folded, what stayed and why.
+    let mut folded = Vec::new();
+    let mut refusals: Vec<Refusal> = Vec::new();
+    for s in &run.steps {
+        folded.extend(s.details.iter().cloned());
+        for r in &s.refusals {
+            if s.pass.starts_with("fold") && !refusals.contains(r) {
+                refusals.push(r.clone());
+            }
+        }
+    }
+    let reasons: HashMap<String, String> = refusals
+        .iter()
+        .map(|r| (r.node.clone(), r.reason.clone()))
+        .collect();
+    let left = leftovers(&model.graph, &reasons);
+
+    // Numerical check.
+    let mut verification = None;
+    let mut failed = false;
+    if !a.no_verify {
+        let weights = Sizes::of(&original).bytes;
+        if weights > 1 << 30 {
+            verification = Some(Verification {
+                mode: "skipped".into(),
+                inputs: format!(
+                    "the model has {weights} bytes of weights; whole-model checks run up to 1 GiB (use --no-verify to silence this)"
+                ),
+                outputs: vec![],
+                passed: true,
+            });
+        } else {
+            let (inputs, desc) = match &a.inputs {
+                Some(p) => (
+                    graft::verify::npz_inputs(p, &shapes)?,
+                    format!("{}", p.display()),
+                ),
+                None => (
+                    graft::verify::random_inputs(&shapes, 0)?,
+                    format!(
+                        "random, seed 0, shapes {}",
+                        shapes
+                            .iter()
+                            .map(|(n, _, d)| format!("{n}={d:?}"))
+                            .collect::<Vec<_>>()
+                            .join(" ")
+                    ),
+                ),
+            };
+            let ya =
+                graft::verify::run(&original, &inputs).context("running the original model")?;
+            let yb = graft::verify::run(&model, &inputs).context("running the folded model")?;
+            let diffs = graft::verify::compare(&ya, &yb, a.tolerance)?;
+            failed = diffs.iter().any(|d| !d.ok);
+            verification = Some(Verification {
+                mode: "whole model".into(),
+                inputs: desc,
+                outputs: diffs,
+                passed: !failed,
+            });
+        }
+    }
+
+    let report = FoldReport {
+        input: a.model.display().to_string(),
+        output: out.display().to_string(),
+        pipeline: run.pipeline.clone(),
+        before: totals(&original, &shapes),
+        after: totals(&model, &shapes),
+        folded,
+        left_in_place: left,
+        refusals,
+        verification,
+        warnings: run.warnings.clone(),
+    };
+    print_human(&report);
+    if let Some(spec) = &a.report {
+        super::opt::write_report(spec, &report)?;
+    }
+    if failed {
+        anyhow::bail!(
+            "the folded model's outputs differ from the original's beyond the tolerance; nothing was written"
+        );
+    }
+    super::opt::save_any(
+        model,
+        &out,
+        &a.model,
+        a.in_place,
+        a.external_data.as_deref(),
+        a.embed_data,
+    )?;
+    if a.strict && !report.left_in_place.is_empty() {
+        eprintln!(
+            "error: --strict: {} adapter-like branch(es) left in place (the folded model was written)",
+            report.left_in_place.len()
+        );
+        return Ok(3);
+    }
+    Ok(0)
+}
+
+fn print_human(r: &FoldReport) {
+    let mut o = String::new();
+    outln!(o, "graft fold: {} -> {}", r.input, r.output);
+    if r.folded.is_empty() {
+        outln!(o, "folded: nothing");
+    } else {
+        outln!(o, "folded ({}):", r.folded.len());
+        for f in &r.folded {
+            let rank = f.rank.map(|r| format!(", rank {r}")).unwrap_or_default();
+            outln!(
+                o,
+                "  {} into {}{rank}: {} parameters removed, {} -> {} multiply-adds per row",
+                f.method,
+                f.target,
+                f.parameters_removed,
+                f.macs_before,
+                f.macs_after
+            );
+        }
+    }
+    if !r.left_in_place.is_empty() {
+        outln!(o, "left in place ({}):", r.left_in_place.len());
+        for l in &r.left_in_place {
+            outln!(
+                o,
+                "  rank-{} branch {} -> {}: {}",
+                l.rank,
+                l.down,
+                l.up,
+                l.reason
+            );
+        }
+    }
+    let fmt_macs = |t: &Totals| {
+        t.macs_per_sample
+            .map(|m| format!("{m:.0}"))
+            .unwrap_or_else(|| "?".into())
+    };
+    outln!(
+        o,
+        "totals: nodes {} -> {}, parameters {} -> {}, bytes {} -> {}, multiply-adds per token/image {} -> {}",
+        r.before.nodes,
+        r.after.nodes,
+        r.before.parameters,
+        r.after.parameters,
+        r.before.bytes,
+        r.after.bytes,
+        fmt_macs(&r.before),
+        fmt_macs(&r.after)
+    );
+    if let Some(v) = &r.verification {
+        outln!(o, "verification ({}; inputs: {}):", v.mode, v.inputs);
+        for d in &v.outputs {
+            outln!(
+                o,
+                "  {}: relative error {:.2e}, max abs {:.2e} (tolerance {:.0e}) {}",
+                d.name,
+                d.rel_fro,
+                d.max_abs,
+                d.tolerance,
+                if d.ok { "ok" } else { "FAILED" }
+            );
+        }
+    }
+    for w in &r.warnings {
+        outln!(o, "warning: {w}");
+    }
+    eprint!("{o}");
+}

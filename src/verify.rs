@@ -1,0 +1,306 @@
+//! Numerical verification: run two models on the CPU evaluator with the same inputs and compare
+//! every output (relative Frobenius error and max absolute error, per output).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ndarray::ArrayD;
+use onnx_protobuf::type_proto;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::eval::TensorValue;
+use crate::ir::Model;
+use crate::ir::dtype::code;
+
+/// Default tolerance on the relative Frobenius error of a whole network's output, by dtype.
+pub fn default_tolerance(dtype: i32) -> f64 {
+    match dtype {
+        code::FLOAT16 => 1e-2,
+        code::BFLOAT16 => 3e-2,
+        _ => 1e-4,
+    }
+}
+
+/// One output's comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct OutputDiff {
+    pub name: String,
+    pub rel_fro: f64,
+    pub max_abs: f64,
+    pub tolerance: f64,
+    pub ok: bool,
+}
+
+/// Deterministic random numbers (splitmix64), so the same model gets the same inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform().max(1e-300), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+}
+
+/// Shapes for a model's inputs: declared dims, with symbolic or unknown ones taken from
+/// `overrides` (by input name) or set to 1 for the first axis and 8 otherwise.
+pub fn input_shapes(
+    model: &Model,
+    overrides: &BTreeMap<String, Vec<i64>>,
+) -> Result<Vec<(String, i32, Vec<i64>)>> {
+    let g = &model.graph;
+    let mut out = Vec::new();
+    for port in &g.inputs {
+        let val = g.value(port.value);
+        if val.initializer.is_some() {
+            continue;
+        }
+        let Some(type_proto::Value::TensorType(tt)) =
+            port.info.type_.as_ref().and_then(|t| t.value.as_ref())
+        else {
+            return Err(Error::Usage(format!(
+                "input '{}' is not a tensor; cannot make test inputs for it",
+                val.name
+            )));
+        };
+        if let Some(s) = overrides.get(&val.name) {
+            out.push((val.name.clone(), tt.elem_type, s.clone()));
+            continue;
+        }
+        let dims: Vec<i64> = match tt.shape.as_ref() {
+            None => {
+                return Err(Error::Usage(format!(
+                    "input '{}' has no declared shape; give one with --input-shape {}=...",
+                    val.name, val.name
+                )));
+            }
+            Some(s) => s
+                .dim
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    if d.has_dim_value() && d.dim_value() > 0 {
+                        d.dim_value()
+                    } else if i == 0 {
+                        1
+                    } else {
+                        8
+                    }
+                })
+                .collect(),
+        };
+        out.push((val.name.clone(), tt.elem_type, dims));
+    }
+    Ok(out)
+}
+
+/// Random inputs: floats standard normal, integers in [0, 4), booleans fair coins.
+pub fn random_inputs(
+    shapes: &[(String, i32, Vec<i64>)],
+    seed: u64,
+) -> Result<Vec<(String, TensorValue)>> {
+    let mut rng = Rng(seed);
+    let mut out = Vec::new();
+    for (name, dtype, dims) in shapes {
+        let count = crate::ir::dtype::element_count(dims)
+            .filter(|&c| c <= 1 << 28)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "input '{name}': shape {dims:?} is too large to test"
+                ))
+            })? as usize;
+        let shape: Vec<usize> = dims.iter().map(|&d| d as usize).collect();
+        let bad = |e: ndarray::ShapeError| Error::Usage(format!("input '{name}': {e}"));
+        let t = match *dtype {
+            code::FLOAT => TensorValue::F32(
+                ArrayD::from_shape_vec(shape, (0..count).map(|_| rng.normal() as f32).collect())
+                    .map_err(bad)?,
+            ),
+            code::DOUBLE => TensorValue::F64(
+                ArrayD::from_shape_vec(shape, (0..count).map(|_| rng.normal()).collect())
+                    .map_err(bad)?,
+            ),
+            code::FLOAT16 => TensorValue::F16(
+                ArrayD::from_shape_vec(
+                    shape,
+                    (0..count)
+                        .map(|_| half::f16::from_f64(rng.normal()))
+                        .collect(),
+                )
+                .map_err(bad)?,
+            ),
+            code::BFLOAT16 => TensorValue::BF16(
+                ArrayD::from_shape_vec(
+                    shape,
+                    (0..count)
+                        .map(|_| half::bf16::from_f64(rng.normal()))
+                        .collect(),
+                )
+                .map_err(bad)?,
+            ),
+            code::INT64 => TensorValue::I64(
+                ArrayD::from_shape_vec(
+                    shape,
+                    (0..count).map(|_| (rng.next() % 4) as i64).collect(),
+                )
+                .map_err(bad)?,
+            ),
+            code::INT32 => TensorValue::I32(
+                ArrayD::from_shape_vec(
+                    shape,
+                    (0..count).map(|_| (rng.next() % 4) as i32).collect(),
+                )
+                .map_err(bad)?,
+            ),
+            code::BOOL => TensorValue::Bool(
+                ArrayD::from_shape_vec(shape, (0..count).map(|_| rng.next() % 2 == 1).collect())
+                    .map_err(bad)?,
+            ),
+            other => {
+                return Err(Error::Usage(format!(
+                    "input '{name}' has element type {}, for which graft makes no random inputs (give --inputs)",
+                    crate::ir::dtype::name(other)
+                )));
+            }
+        };
+        out.push((name.clone(), t));
+    }
+    Ok(out)
+}
+
+/// Inputs from an .npz file (arrays named after the model's inputs).
+pub fn npz_inputs(
+    path: &Path,
+    shapes: &[(String, i32, Vec<i64>)],
+) -> Result<Vec<(String, TensorValue)>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut npz = ndarray_npy::NpzReader::new(file)
+        .map_err(|e| Error::bad_model(path, format!("not a readable .npz file: {e}")))?;
+    let mut out = Vec::new();
+    for (name, dtype, _) in shapes {
+        let key = name.clone();
+        let bad = |e: ndarray_npy::ReadNpzError| {
+            Error::bad_model(
+                path,
+                format!(
+                    "array '{key}': {e} (expected {})",
+                    crate::ir::dtype::name(*dtype)
+                ),
+            )
+        };
+        let t = match *dtype {
+            code::FLOAT => TensorValue::F32(npz.by_name(&key).map_err(bad)?),
+            code::DOUBLE => TensorValue::F64(npz.by_name(&key).map_err(bad)?),
+            code::INT64 => TensorValue::I64(npz.by_name(&key).map_err(bad)?),
+            code::INT32 => TensorValue::I32(npz.by_name(&key).map_err(bad)?),
+            code::BOOL => TensorValue::Bool(npz.by_name(&key).map_err(bad)?),
+            other => {
+                return Err(Error::bad_model(
+                    path,
+                    format!(
+                        "input '{name}': .npz inputs of type {} are not supported",
+                        crate::ir::dtype::name(other)
+                    ),
+                ));
+            }
+        };
+        out.push((name.clone(), t));
+    }
+    Ok(out)
+}
+
+/// Runs a model on the CPU evaluator.
+pub fn run(model: &Model, inputs: &[(String, TensorValue)]) -> Result<Vec<(String, TensorValue)>> {
+    let opset = model.opset("").unwrap_or(1);
+    let proto = crate::onnx::model_to_proto(model.clone())?;
+    let graph = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| Error::graph("no graph"))?;
+    crate::eval::run_graph(graph, opset, inputs)
+        .map_err(|e| Error::graph(format!("evaluating the model: {e}")))
+}
+
+/// Compares two runs output by output.
+pub fn compare(
+    a: &[(String, TensorValue)],
+    b: &[(String, TensorValue)],
+    tolerance: Option<f64>,
+) -> Result<Vec<OutputDiff>> {
+    let mut out = Vec::new();
+    for ((na, ta), (nb, tb)) in a.iter().zip(b) {
+        if na != nb {
+            return Err(Error::graph(format!(
+                "outputs differ in name: '{na}' and '{nb}'"
+            )));
+        }
+        if ta.shape() != tb.shape() {
+            return Err(Error::graph(format!(
+                "output '{na}' has shape {:?} in one model and {:?} in the other",
+                ta.shape(),
+                tb.shape()
+            )));
+        }
+        let (x, y) = (ta.to_f64_vec(), tb.to_f64_vec());
+        let mut diff2 = 0.0;
+        let mut norm2 = 0.0;
+        let mut max_abs: f64 = 0.0;
+        for (p, q) in x.iter().zip(&y) {
+            let d = p - q;
+            if d.is_nan() && !(p.is_nan() && q.is_nan()) {
+                max_abs = f64::INFINITY;
+            } else if d.is_finite() {
+                diff2 += d * d;
+                max_abs = max_abs.max(d.abs());
+            }
+            if p.is_finite() {
+                norm2 += p * p;
+            }
+        }
+        let rel = if norm2 > 0.0 {
+            (diff2 / norm2).sqrt()
+        } else {
+            diff2.sqrt()
+        };
+        let tol = tolerance.unwrap_or_else(|| default_tolerance(ta.data_type()));
+        out.push(OutputDiff {
+            name: na.clone(),
+            rel_fro: rel,
+            max_abs,
+            tolerance: tol,
+            ok: rel <= tol && max_abs.is_finite(),
+        });
+    }
+    if a.len() != b.len() {
+        return Err(Error::graph(format!(
+            "the models have {} and {} outputs",
+            a.len(),
+            b.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Parses `name=1,128`.
+pub fn parse_input_shape(s: &str) -> std::result::Result<(String, Vec<i64>), String> {
+    let (name, dims) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("--input-shape '{s}': expected NAME=D1,D2,..."))?;
+    let dims: std::result::Result<Vec<i64>, _> = dims
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(|d| d.trim().parse::<i64>().ok().filter(|&x| x > 0).ok_or(()))
+        .collect();
+    let dims = dims.map_err(|_| format!("--input-shape '{s}': dims must be positive integers"))?;
+    Ok((name.to_string(), dims))
+}
