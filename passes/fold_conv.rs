@@ -949,6 +949,7 @@ pub fn fold_conv(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
                     }
                 }
                 nodes_after += parts.len().saturating_sub(1);
+                after += parts.len().saturating_sub(1) as u64;
                 let conv_takes_bias = parts.iter().any(|(_, c)| matches!(c, Combined::Kernel(_)));
                 if bias.is_some() && !conv_takes_bias {
                     nodes_after += 1;
@@ -956,9 +957,53 @@ pub fn fold_conv(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
                 }
             }
             let nodes_before = region.nodes.len();
-            if after > before || (after == before && nodes_after >= nodes_before) {
-                if after > before {
-                    cx.refuse(label, format!("merging would cost more ({before} -> {after} multiply-adds per output pixel)"));
+            // Parameters: constants only the region reads (and the weights it rewrites) against
+            // what the rebuilt convs, scales and biases hold.
+            let mut params_before = 0u64;
+            let mut seen_consts = HashSet::new();
+            for n in &region.nodes {
+                for v in g.node(*n).inputs.iter().flatten() {
+                    if is_const(g, *v) && seen_consts.insert(*v) {
+                        let only_here = g
+                            .consumer_nodes(*v)
+                            .iter()
+                            .all(|c| region.nodes.contains(c));
+                        if only_here {
+                            params_before += g.constant(*v).map_or(0, |t| t.numel());
+                        }
+                    }
+                }
+            }
+            let params_after: u64 = plans
+                .iter()
+                .map(|(_, _, parts, bias)| {
+                    parts
+                        .iter()
+                        .map(|(_, c)| match c {
+                            Combined::Kernel(k) => k.k.len() as u64,
+                            Combined::Scale(Some(v), _) => v.len() as u64,
+                            Combined::Scale(None, s) if *s == 1.0 => 0,
+                            Combined::Scale(None, _) => 1,
+                        })
+                        .sum::<u64>()
+                        + bias.as_ref().map_or(0, |b| b.len() as u64)
+                })
+                .sum();
+            let has_conv = region
+                .nodes
+                .iter()
+                .any(|n| matches!(g.node(*n).op_type.as_str(), "Conv" | "ConvTranspose"));
+            if after > before
+                || params_after > params_before
+                || (after == before && nodes_after >= nodes_before && params_after == params_before)
+            {
+                if (after > before || params_after > params_before) && has_conv {
+                    cx.refuse(
+                        label,
+                        format!(
+                            "merging would cost more ({before} -> {after} multiply-adds per output pixel, {params_before} -> {params_after} parameters)"
+                        ),
+                    );
                 }
                 continue;
             }

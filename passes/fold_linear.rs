@@ -23,7 +23,6 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
-use onnx_protobuf::AttributeProto;
 
 use crate::Result;
 use crate::driver::{Pass, PassContext};
@@ -139,16 +138,19 @@ fn plan_root(
                 .iter()
                 .copied()
                 .filter(|n| match (&ops[n], s) {
-                    (LinOp::Dense { input, w, .. }, Source::Value(v)) => {
-                        *input == v && w.dim() == m.dim()
-                    }
+                    // Any dense op of the region with the merged shape can host the result
+                    // (its weight initializer and layout are reused); one reading the source
+                    // itself is preferred.
+                    (LinOp::Dense { w, .. }, Source::Value(_)) => w.dim() == m.dim(),
                     (LinOp::Lookup { ids, table, .. }, Source::OneHot(v)) => {
                         *ids == v && table.dim() == m.dim()
                     }
                     _ => false,
                 })
                 .max_by_key(|n| {
+                    let reads_source = ops[n].inputs().first() == Some(&s.value());
                     (
+                        reads_source,
                         g.node(*n).op_type == "Gemm",
                         std::cmp::Reverse(g.node(*n).order),
                     )
@@ -276,21 +278,13 @@ fn describe(g: &Graph, p: &RootPlan) -> (String, Option<usize>) {
     (method, rank)
 }
 
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        i: v,
-        type_: onnx_protobuf::attribute_proto::AttributeType::INT.into(),
-        ..Default::default()
-    }
-}
-
 /// Emits the nodes of one rebuilt root. Returns the nodes to add.
 fn build_root(
     g: &mut Graph,
     p: &RootPlan,
     weight_users: &HashMap<ValueId, usize>,
     removed: &HashMap<NodeId, Node>,
+    spare: &mut Vec<ValueId>,
 ) -> std::result::Result<Vec<Node>, String> {
     let out_name = g.value(p.output).name.clone();
     let out_dtype = elem_type(g, p.output)
@@ -305,6 +299,7 @@ fn build_root(
     let mut produced: Vec<ValueId> = Vec::new();
     let single = p.sources.len() == 1;
     let mut bias_done = false;
+    let mut flattened = false;
     for s in &p.sources {
         let sv = s.source.value();
         if let Source::OneHot(ids) = s.source {
@@ -425,6 +420,7 @@ fn build_root(
                     let mut input = sv;
                     let rank2 = static_shape(g, sv).is_some_and(|sh| sh.len() == 2);
                     if !rank2 {
+                        flattened = true;
                         // Gemm needs a matrix: flatten the rows, multiply, restore below.
                         let shp = g.add_initializer(
                             &format!("{out_name}_rows"),
@@ -444,6 +440,7 @@ fn build_root(
                         nodes.push(r);
                         input = flat;
                     }
+                    let old_bias = node.inputs.get(2).copied().flatten();
                     node.inputs = vec![Some(input), Some(w)];
                     if single
                         && let Some(b) = &p.bias
@@ -454,7 +451,7 @@ fn build_root(
                         } else {
                             Array1::from_iter(b.iter().copied())
                         };
-                        let bname = node.inputs.get(2).copied().flatten();
+                        let bname = old_bias;
                         let bt = from_f64(&bv.into_dyn(), dtype);
                         let c = match bname {
                             Some(c)
@@ -474,9 +471,30 @@ fn build_root(
                     node.attrs.clear();
                     node.inputs = vec![Some(sv), Some(w)];
                 }
-                let _ = int_attr;
                 nodes.push(node);
-                t
+                if flattened {
+                    // Restore the source's rows right away, before other sources are added.
+                    let mut shape = static_shape(g, sv)
+                        .ok_or("a Gemm needs flattened rows but the input's shape is unknown")?;
+                    *shape.last_mut().ok_or("rank-0 input")? = m.ncols() as i64;
+                    let shp = g.add_initializer(
+                        &format!("{out_name}_rows_shape"),
+                        crate::ir::Tensor::from_raw(
+                            crate::ir::dtype::code::INT64,
+                            vec![shape.len() as i64],
+                            shape.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        ),
+                    );
+                    flattened = false;
+                    let r = g.fresh_value(&format!("{out_name}_rows"));
+                    let mut n = Node::new("Reshape");
+                    n.inputs = vec![Some(t), Some(shp)];
+                    n.outputs = vec![Some(r)];
+                    nodes.push(n);
+                    r
+                } else {
+                    t
+                }
             }
         };
         produced.push(v);
@@ -494,7 +512,20 @@ fn build_root(
     if let Some(b) = &p.bias
         && !bias_done
     {
-        let c = g.add_initializer(&format!("{out_name}_bias"), from_f64(b, out_dtype));
+        // Reuse a bias initializer the region no longer needs (same shape and type), so the
+        // model keeps its names where it can.
+        let t = from_f64(b, out_dtype);
+        let c = match spare.iter().position(|&c| {
+            g.constant(c)
+                .is_some_and(|old| old.dims == t.dims && old.dtype == t.dtype)
+        }) {
+            Some(i) => {
+                let c = spare.remove(i);
+                g.set_initializer(c, t).map_err(|e| e.to_string())?;
+                c
+            }
+            None => g.add_initializer(&format!("{out_name}_bias"), t),
+        };
         let t = g.fresh_value(&format!("{out_name}_biased"));
         let mut n = Node::new("Add");
         n.inputs = vec![Some(acc), Some(c)];
@@ -652,6 +683,17 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
                 Err(e) => failed = Some(e),
             }
         }
+        // One anchor hosts one result: later claims build a fresh node instead.
+        let mut claimed = HashSet::new();
+        for p in plans.iter_mut() {
+            for src in p.sources.iter_mut() {
+                if let Some(a) = src.anchor
+                    && !claimed.insert(a)
+                {
+                    src.anchor = None;
+                }
+            }
+        }
         if let Some(e) = failed {
             cx.refuse(
                 g.label(region.roots[0]),
@@ -751,10 +793,34 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
             .iter()
             .map(|&n| (n, g.remove_node(n)))
             .collect();
+        let anchor_inputs: HashSet<ValueId> = plans
+            .iter()
+            .flat_map(|p| p.sources.iter().filter_map(|s| s.anchor))
+            .flat_map(|a| {
+                removed[&a]
+                    .inputs
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut spare: Vec<ValueId> = region_consts
+            .iter()
+            .copied()
+            .filter(|c| {
+                outside_users[c] == 0
+                    && !anchors.contains(c)
+                    && !anchor_inputs.contains(c)
+                    && !g.value(*c).is_input
+                    && !g.is_output(*c)
+                    && g.constant(*c).is_some_and(|t| t.dims.len() == 1)
+            })
+            .collect();
         let mut new_nodes = Vec::new();
         let mut ok = true;
         for p in &plans {
-            match build_root(g, p, &outside_users, &removed) {
+            match build_root(g, p, &outside_users, &removed, &mut spare) {
                 Ok(ns) => new_nodes.extend(ns),
                 Err(e) => {
                     cx.refuse(label.clone(), format!("rebuild failed: {e}"));

@@ -45,15 +45,18 @@ fn counts(model: &Path) -> (u64, u64) {
 }
 
 fn manifest() -> Vec<serde_json::Value> {
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(repo().join("models/manifest.json")).unwrap())
-            .unwrap();
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("models/manifest.json")).unwrap(),
+    )
+    .unwrap();
     m["cases"].as_array().unwrap().clone()
 }
 
 #[test]
 fn foldable_cases_fold_exactly_and_match_the_reference_merge() {
-    let Some(py) = python("fold corpus") else { return };
+    let Some(py) = python("fold corpus") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let mut failures = Vec::new();
     let mut checked = 0;
@@ -63,14 +66,21 @@ fn foldable_cases_fold_exactly_and_match_the_reference_merge() {
         }
         let name = case["case"].as_str().unwrap();
         let files = &case["files"];
-        let inputs = repo().join("models").join(files["inputs"].as_str().unwrap());
+        let inputs = repo()
+            .join("models")
+            .join(files["inputs"].as_str().unwrap());
         for exp in ["ts", "dynamo"] {
-            let Some(u) = files[format!("unmerged_{exp}")].as_str() else { continue };
+            let Some(u) = files[format!("unmerged_{exp}")].as_str() else {
+                continue;
+            };
             let unmerged = repo().join("models").join(u);
             let out = tmp.path().join(format!("{name}.{exp}.onnx"));
             let (code, report) = fold(&unmerged, &out, &["--strict"]);
             if code != 0 {
-                failures.push(format!("{name}.{exp}: exit {code}: left in place {}", report["left_in_place"]));
+                failures.push(format!(
+                    "{name}.{exp}: exit {code}: left in place {}",
+                    report["left_in_place"]
+                ));
                 continue;
             }
             if report["folded"].as_array().is_none_or(|f| f.is_empty()) {
@@ -80,10 +90,18 @@ fn foldable_cases_fold_exactly_and_match_the_reference_merge() {
             if check[out.to_str().unwrap()] != "ok" {
                 failures.push(format!("{name}.{exp}: checker: {check}"));
             }
-            let cmp = oracle(&py, &[
-                "compare", unmerged.to_str().unwrap(), out.to_str().unwrap(),
-                "--inputs", inputs.to_str().unwrap(), "--rtol", "1e-4",
-            ]);
+            let cmp = oracle(
+                &py,
+                &[
+                    "compare",
+                    unmerged.to_str().unwrap(),
+                    out.to_str().unwrap(),
+                    "--inputs",
+                    inputs.to_str().unwrap(),
+                    "--rtol",
+                    "1e-4",
+                ],
+            );
             if cmp["ok"] != true {
                 failures.push(format!("{name}.{exp}: ONNX Runtime outputs differ: {cmp}"));
             }
@@ -120,7 +138,10 @@ fn nonlinear_and_mispadded_adapters_are_refused_with_a_reason() {
             assert!(!left.is_empty(), "{case}.{exp}");
             for l in left {
                 let reason = l["reason"].as_str().unwrap();
-                assert!(reason.contains(must), "{case}.{exp}: reason {reason:?} should mention {must}");
+                assert!(
+                    reason.contains(must),
+                    "{case}.{exp}: reason {reason:?} should mention {must}"
+                );
             }
             // Outputs are unchanged by what did fold (checked by the built-in verification).
             assert_eq!(report["verification"]["passed"], true, "{case}.{exp}");
@@ -135,7 +156,14 @@ fn verification_failure_writes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let m = repo().join("models/bert_lora/unmerged.dynamo.onnx");
     let out = tmp.path().join("o.onnx");
-    let o = run_graft(&["fold", m.to_str().unwrap(), "-o", out.to_str().unwrap(), "--tolerance", "0"]);
+    let o = run_graft(&[
+        "fold",
+        m.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--tolerance",
+        "0",
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("nothing was written"));
     assert!(!out.exists());
