@@ -300,6 +300,14 @@ impl ConstantFold {
         if accepted.is_empty() && dead.is_empty() {
             return Ok(0);
         }
+        // Large results follow the model's convention: external if its weights were.
+        let external_inputs = nodes.iter().any(|&n| {
+            g.node(n)
+                .inputs
+                .iter()
+                .flatten()
+                .any(|v| g.constant(*v).is_some_and(|t| t.is_external()))
+        });
         let g = &mut model.graph;
         let mut removed = 0;
         for &n in nodes {
@@ -319,7 +327,7 @@ impl ConstantFold {
             let dims: Vec<i64> = val.shape().iter().map(|&d| d as i64).collect();
             g.set_initializer(
                 v,
-                Tensor::from_raw(val.data_type(), dims, val.to_raw_bytes()),
+                Tensor::computed(val.data_type(), dims, val.to_raw_bytes(), external_inputs)?,
             )?;
         }
         Ok(removed)

@@ -26,7 +26,7 @@ use onnx_protobuf::AttributeProto;
 use crate::Result;
 use crate::driver::{Pass, PassContext};
 use crate::ir::{Graph, Model, Node, NodeId, ValueId};
-use crate::rewrite::consts::{const_f64, from_f64, is_const};
+use crate::rewrite::consts::{const_f64, from_f64, from_f64_like, is_const};
 use crate::rewrite::region::{Region, regions};
 use crate::rewrite::types::{elem_type, shape};
 
@@ -1077,7 +1077,10 @@ pub fn fold_conv(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
                             let wdtype = w_old
                                 .and_then(|w| g.constant(w).map(|t| t.dtype))
                                 .unwrap_or(dtype);
-                            let tensor = from_f64(&k.k, wdtype);
+                            let ext = w_old
+                                .and_then(|w| g.constant(w))
+                                .is_some_and(|t| t.is_external());
+                            let tensor = from_f64_like(&k.k, wdtype, ext)?;
                             let w = match w_old {
                                 Some(w)
                                     if outside.get(&w).copied().unwrap_or(0) == 0

@@ -27,7 +27,7 @@ use ndarray::{Array1, Array2, ArrayD, IxDyn};
 use crate::Result;
 use crate::driver::{Pass, PassContext};
 use crate::ir::{Graph, Model, Node, NodeId, ValueId};
-use crate::rewrite::consts::{from_f64, is_const};
+use crate::rewrite::consts::{from_f64, from_f64_like, is_const};
 use crate::rewrite::form::{Combined, Form, Source, Term};
 use crate::rewrite::linear::{LinOp, classify};
 use crate::rewrite::region::{Region, regions};
@@ -53,7 +53,7 @@ fn forms(
         let y = g.node(n).outputs[0].expect("classified nodes have an output");
         let f = match &ops[&n] {
             LinOp::Dense { input, w, bias, .. } => {
-                let f = form_of(&out, *input).then_dense(w)?;
+                let f = form_of(&out, *input).then_dense(&w.load(g)?)?;
                 match bias {
                     Some(b) => f.then_shift(b)?,
                     None => f,
@@ -75,7 +75,8 @@ fn forms(
             }
             LinOp::Sum { a, b, sign } => form_of(&out, *a).plus(form_of(&out, *b), *sign)?,
             LinOp::Pass { input } => form_of(&out, *input),
-            LinOp::Lookup { ids, table, .. } => Form::lookup(*ids, table),
+            LinOp::Lookup { ids, table } => Form::lookup(*ids, &table.load(g)?),
+            LinOp::Outer { input, w } => form_of(&out, *input).then_dense(w)?,
         };
         out.insert(y, f);
     }
@@ -90,6 +91,7 @@ fn node_macs(g: &Graph, n: NodeId, op: &LinOp) -> u64 {
         }
         LinOp::Pass { .. } => 0,
         LinOp::Lookup { table, .. } => table.ncols() as u64,
+        LinOp::Outer { w, .. } => w.ncols() as u64,
         _ => {
             let out = g.node(n).outputs[0].expect("output");
             last_dim(g, out).unwrap_or(1).max(1) as u64
@@ -322,7 +324,11 @@ fn build_root(
             let dtype = table
                 .and_then(|w| g.constant(w).map(|t| t.dtype))
                 .unwrap_or(out_dtype);
-            let tensor = from_f64(&m.clone().into_dyn(), dtype);
+            let ext = table
+                .and_then(|w| g.constant(w))
+                .is_some_and(|t| t.is_external());
+            let tensor =
+                from_f64_like(&m.clone().into_dyn(), dtype, ext).map_err(|e| e.to_string())?;
             let w = match table {
                 Some(w)
                     if weight_users.get(&w).copied().unwrap_or(0) == 0
@@ -394,7 +400,11 @@ fn build_root(
                 let dtype = weight_value
                     .and_then(|w| g.constant(w).map(|t| t.dtype))
                     .unwrap_or(out_dtype);
-                let tensor = from_f64(&stored.into_dyn(), dtype);
+                let ext = weight_value
+                    .and_then(|w| g.constant(w))
+                    .is_some_and(|t| t.is_external());
+                let tensor =
+                    from_f64_like(&stored.into_dyn(), dtype, ext).map_err(|e| e.to_string())?;
                 // Overwrite the weight in place only when nothing outside the region reads it.
                 let w = match weight_value {
                     Some(w)

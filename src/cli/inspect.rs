@@ -110,7 +110,13 @@ fn summarize(path: &std::path::Path, m: &Model) -> Summary {
     let (parameters, parameter_bytes) = g.parameter_stats();
     let mut files: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     for (_, t) in g.initializers() {
-        if let TensorData::External { file, length, .. } = &t.data {
+        if let TensorData::External {
+            file,
+            length,
+            spill: None,
+            ..
+        } = &t.data
+        {
             let e = files.entry(file.location.clone()).or_default();
             e.0 += 1;
             e.1 += length;

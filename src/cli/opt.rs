@@ -150,7 +150,9 @@ pub fn write_report(spec: &str, report: &impl serde::Serialize) -> anyhow::Resul
 pub fn protected_paths(input: &Path, model: &Model) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = input.canonicalize().into_iter().collect();
     for (_, t) in model.graph.initializers() {
-        if let graft::ir::TensorData::External { file, .. } = &t.data
+        if let graft::ir::TensorData::External {
+            file, spill: None, ..
+        } = &t.data
             && !v.contains(&file.path)
         {
             v.push(file.path.clone());

@@ -61,11 +61,16 @@ pub enum TensorData {
     /// Embedded in the model as loaded (raw_data or typed fields); written back unchanged.
     Embedded(Arc<TensorProto>),
     /// A byte range of an external-data file; `shell` keeps the proto's other fields.
+    /// `spill` is `None` for data in the model's own files; `Some(external)` for large results
+    /// graft computed and parked in an unnamed temporary file (so multi-GB folds stay out of
+    /// memory), `external` saying whether saving should keep them external (as the weight they
+    /// replace was) or embed them.
     External {
         file: Arc<ExternalFile>,
         offset: u64,
         length: u64,
         shell: Arc<TensorProto>,
+        spill: Option<bool>,
     },
     /// Little-endian bytes computed by graft.
     Raw(Arc<Vec<u8>>),
@@ -101,8 +106,56 @@ impl Tensor {
         dtype::byte_len(self.dtype, self.numel())
     }
 
+    /// Whether saving keeps this tensor in external data by default.
     pub fn is_external(&self) -> bool {
-        matches!(self.data, TensorData::External { .. })
+        matches!(
+            self.data,
+            TensorData::External {
+                spill: None | Some(true),
+                ..
+            }
+        )
+    }
+
+    /// Whether the data lives in one of the model's own external files.
+    pub fn in_model_file(&self) -> bool {
+        matches!(self.data, TensorData::External { spill: None, .. })
+    }
+
+    /// Tensors larger than this are parked in a temporary file instead of memory.
+    pub const SPILL_BYTES: usize = 16 << 20;
+
+    /// A computed tensor; large ones go to an unnamed temporary file (in `GRAFT_SPILL_DIR`
+    /// or the system's temporary folder) and are read back through a memory map.
+    pub fn computed(dtype: i32, dims: Vec<i64>, bytes: Vec<u8>, external: bool) -> Result<Self> {
+        if bytes.len() <= Self::SPILL_BYTES {
+            return Ok(Tensor::from_raw(dtype, dims, bytes));
+        }
+        use std::io::Write;
+        let dir = std::env::var_os("GRAFT_SPILL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let mut f = tempfile::tempfile_in(&dir).map_err(|e| Error::io(&dir, e))?;
+        f.write_all(&bytes).map_err(|e| Error::io(&dir, e))?;
+        let len = bytes.len() as u64;
+        drop(bytes);
+        let file = Arc::new(ExternalFile::new(
+            dir.join("(graft spill)"),
+            String::new(),
+            f,
+            len,
+        ));
+        Ok(Tensor {
+            dtype,
+            dims,
+            data: TensorData::External {
+                file,
+                offset: 0,
+                length: len,
+                shell: Arc::new(TensorProto::default()),
+                spill: Some(external),
+            },
+        })
     }
 
     /// The dense little-endian bytes (borrowed where possible).

@@ -137,6 +137,7 @@ pub fn model_from_proto(mut proto: ModelProto, path: &Path, dir: Option<&Path>) 
                 offset,
                 length,
                 shell: Arc::new(shell),
+                spill: None,
             }
         } else {
             check_embedded(&name, &t).map_err(|e| bad(e.to_string()))?;

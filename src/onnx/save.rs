@@ -309,6 +309,7 @@ pub fn save_model(model: Model, out: &Path, opts: &SaveOptions) -> Result<()> {
                     offset: src_off,
                     length,
                     shell,
+                    ..
                 } => {
                     let mut src = &file.file;
                     src.seek(SeekFrom::Start(*src_off))

@@ -5,7 +5,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use crate::error::{Error, Result};
 use crate::ir::dtype::code;
-use crate::ir::{Graph, Tensor, ValueId};
+use crate::ir::{Graph, Tensor, TensorData, ValueId};
 
 /// Whether graft can read and write this element type as real numbers for merging.
 pub fn is_mergeable_float(dtype: i32) -> bool {
@@ -69,7 +69,19 @@ pub fn to_i64(t: &Tensor, name: &str) -> Result<Vec<i64>> {
     }
 }
 
-/// An f64 array stored as a tensor of `dtype` (rounded once).
+/// An f64 array stored as a tensor of `dtype` (rounded once); large results are parked in a
+/// temporary file, to be saved as external data when `external` (as the weight they replace
+/// was) or embedded otherwise.
+pub fn from_f64_like(a: &ArrayD<f64>, dtype: i32, external: bool) -> Result<Tensor> {
+    let t = from_f64(a, dtype);
+    let TensorData::Raw(b) = t.data else {
+        return Ok(t);
+    };
+    let bytes = std::sync::Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone());
+    Tensor::computed(t.dtype, t.dims, bytes, external)
+}
+
+/// An f64 array stored as a tensor of `dtype` (rounded once), in memory.
 pub fn from_f64(a: &ArrayD<f64>, dtype: i32) -> Tensor {
     let dims: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
     let mut bytes = Vec::with_capacity(a.len() * 4);

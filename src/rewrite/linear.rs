@@ -12,15 +12,66 @@ use super::form::per_feature;
 use super::types::{elem_type, last_dim, static_shape};
 use crate::ir::{Graph, NodeId, ValueId};
 
+/// A constant weight read lazily (multi-GB models keep their weights on disk until a region
+/// that uses them is folded).
+#[derive(Clone, Debug)]
+pub struct WeightRef {
+    pub value: ValueId,
+    /// `[d_in, d_out]` in x·M form.
+    pub rows: usize,
+    pub cols: usize,
+    /// Stored as `[d_out, d_in]` (Gemm transB=1).
+    pub transposed: bool,
+    pub alpha: f64,
+}
+
+impl WeightRef {
+    pub fn dim(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+    pub fn nrows(&self) -> usize {
+        self.rows
+    }
+    pub fn ncols(&self) -> usize {
+        self.cols
+    }
+    /// The weight in x·M form, as f64.
+    pub fn load(&self, g: &Graph) -> Result<Arc<Array2<f64>>, String> {
+        let a = const_f64(g, self.value).ok_or("the weight cannot be read")?;
+        let mut w = a.into_dimensionality::<Ix2>().map_err(|e| e.to_string())?;
+        if self.transposed {
+            w = w.reversed_axes().as_standard_layout().to_owned();
+        }
+        if self.alpha != 1.0 {
+            w.mapv_inplace(|x| x * self.alpha);
+        }
+        Ok(Arc::new(w))
+    }
+    fn of(g: &Graph, v: ValueId, transposed: bool, alpha: f64) -> Option<Self> {
+        let t = g.constant(v)?;
+        if t.dims.len() != 2 || !super::consts::is_mergeable_float(t.dtype) {
+            return None;
+        }
+        let (a, b) = (t.dims[0].max(0) as usize, t.dims[1].max(0) as usize);
+        let (rows, cols) = if transposed { (b, a) } else { (a, b) };
+        Some(WeightRef {
+            value: v,
+            rows,
+            cols,
+            transposed,
+            alpha,
+        })
+    }
+}
+
 /// How a node's output depends on its non-constant input(s).
 #[derive(Clone, Debug)]
 pub enum LinOp {
     /// `out = in · W + bias` (MatMul or Gemm by a constant); `w` in x·M form `[d_in, d_out]`.
     Dense {
         input: ValueId,
-        w: Arc<Array2<f64>>,
+        w: WeightRef,
         bias: Option<ArrayD<f64>>,
-        weight: ValueId,
     },
     /// `out = in ⊙ scale + shift` (Mul, Div, Add, Sub, Neg by constants).
     Elementwise {
@@ -28,17 +79,15 @@ pub enum LinOp {
         scale: Option<ArrayD<f64>>,
         shift: Option<ArrayD<f64>>,
     },
+    /// `out = in · w` for a one-feature input and a constant feature vector (outer product).
+    Outer { input: ValueId, w: Arc<Array2<f64>> },
     /// `out = a + sign · b`.
     Sum { a: ValueId, b: ValueId, sign: f64 },
     /// `out = in` (Identity, inference Dropout, Cast to the same type, a Reshape that only
     /// regroups rows).
     Pass { input: ValueId },
     /// `out = Gather(table, ids)` along axis 0 from a constant `[V, d]` table.
-    Lookup {
-        ids: ValueId,
-        table: Arc<Array2<f64>>,
-        weight: ValueId,
-    },
+    Lookup { ids: ValueId, table: WeightRef },
 }
 
 impl LinOp {
@@ -46,10 +95,9 @@ impl LinOp {
     pub fn inputs(&self) -> Vec<ValueId> {
         match self {
             LinOp::Dense { input, .. }
+            | LinOp::Outer { input, .. }
             | LinOp::Elementwise { input, .. }
-            | LinOp::Pass { input } => {
-                vec![*input]
-            }
+            | LinOp::Pass { input } => vec![*input],
             LinOp::Sum { a, b, .. } => vec![*a, *b],
             LinOp::Lookup { ids, .. } => vec![*ids],
         }
@@ -105,12 +153,10 @@ pub fn classify(g: &Graph, n: NodeId) -> Option<LinOp> {
             if super::types::shape(g, a).is_none_or(|s| s.len() < 2) {
                 return None;
             }
-            let w = const_f64(g, b)?.into_dimensionality::<Ix2>().ok()?;
             Some(LinOp::Dense {
                 input: a,
-                w: Arc::new(w),
+                w: WeightRef::of(g, b, false, 1.0)?,
                 bias: None,
-                weight: b,
             })
         }
         "Gemm" => {
@@ -120,24 +166,13 @@ pub fn classify(g: &Graph, n: NodeId) -> Option<LinOp> {
             }
             let alpha = node.attr_float("alpha").unwrap_or(1.0) as f64;
             let beta = node.attr_float("beta").unwrap_or(1.0) as f64;
-            let mut w = const_f64(g, b)?.into_dimensionality::<Ix2>().ok()?;
-            if node.attr_int("transB").unwrap_or(0) != 0 {
-                w = w.reversed_axes().as_standard_layout().to_owned();
-            }
-            if alpha != 1.0 {
-                w.mapv_inplace(|x| x * alpha);
-            }
+            let w = WeightRef::of(g, b, node.attr_int("transB").unwrap_or(0) != 0, alpha)?;
             let bias = match input(2) {
                 None => None,
                 Some(c) if konst(c) => Some(const_f64(g, c)?.mapv(|x| x * beta)),
                 Some(_) => return None,
             };
-            Some(LinOp::Dense {
-                input: a,
-                w: Arc::new(w),
-                bias,
-                weight: b,
-            })
+            Some(LinOp::Dense { input: a, w, bias })
         }
         "Add" | "Sub" | "Mul" | "Div" => {
             let (a, b) = (input(0)?, input(1)?);
@@ -163,11 +198,9 @@ pub fn classify(g: &Graph, n: NodeId) -> Option<LinOp> {
                         && cv.ndim() <= super::types::shape(g, x).map_or(1, |s| s.len())
                     {
                         let w = v.into_shape_with_order((1, cv.len())).ok()?;
-                        return Some(LinOp::Dense {
+                        return Some(LinOp::Outer {
                             input: x,
                             w: Arc::new(w),
-                            bias: None,
-                            weight: c,
                         });
                     }
                     if !fits_rank(g, x, &cv) {
@@ -217,11 +250,9 @@ pub fn classify(g: &Graph, n: NodeId) -> Option<LinOp> {
             if !konst(t) || konst(ids) || node.attr_int("axis").unwrap_or(0) != 0 {
                 return None;
             }
-            let table = const_f64(g, t)?.into_dimensionality::<Ix2>().ok()?;
             Some(LinOp::Lookup {
                 ids,
-                table: Arc::new(table),
-                weight: t,
+                table: WeightRef::of(g, t, false, 1.0)?,
             })
         }
         // BatchNormalization on [N, C] (BatchNorm1d before a Linear): C is the last axis.
