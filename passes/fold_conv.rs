@@ -1185,13 +1185,17 @@ pub fn fold_conv(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
             }
             let order_key = removed.values().map(|r| r.order).max().unwrap_or(0);
             let mut failed = None;
+            let mut added = Vec::new();
             for mut n in new_nodes {
                 if n.order == 0 {
                     n.order = order_key;
                 }
-                if let Err(e) = g.add_node(n) {
-                    failed = Some(e);
-                    break;
+                match g.add_node(n) {
+                    Ok(id) => added.push(id),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
             }
             if let Some(e) = failed {
@@ -1199,6 +1203,25 @@ pub fn fold_conv(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
                 cx.refuse(label, format!("rebuild failed: {e}"));
                 continue;
             }
+            let sources: Vec<(ValueId, Option<u64>)> = plans
+                .iter()
+                .flat_map(|p| p.2.iter().map(|(s, _)| (*s, None)))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let outputs: Vec<ValueId> = plans.iter().map(|p| p.1).collect();
+            let old_nodes: Vec<NodeId> = region.nodes.iter().copied().collect();
+            let opset = model.opset("").unwrap_or(1);
+            cx.check_rewrite(
+                &label,
+                &backup,
+                &old_nodes,
+                &model.graph,
+                &added,
+                &sources,
+                &outputs,
+                opset,
+            )?;
             done += 1;
             let kinds: BTreeSet<&str> = region
                 .nodes

@@ -661,6 +661,7 @@ impl Pass for FoldLinear {
 
 /// Runs the fold; returns the number of rewritten regions and what each did.
 pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
+    let opset = model.opset("").unwrap_or(1);
     let order = model.graph.topo_order()?;
     let mut ops: HashMap<NodeId, LinOp> = HashMap::new();
     for &n in &order {
@@ -839,15 +840,19 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
                 }
             }
         }
+        let mut added = Vec::new();
         if ok {
             for mut n in new_nodes {
                 if n.order == 0 {
                     n.order = removed.values().map(|r| r.order).max().unwrap_or(0);
                 }
-                if let Err(e) = g.add_node(n) {
-                    cx.refuse(label.clone(), format!("rebuild failed: {e}"));
-                    ok = false;
-                    break;
+                match g.add_node(n) {
+                    Ok(id) => added.push(id),
+                    Err(e) => {
+                        cx.refuse(label.clone(), format!("rebuild failed: {e}"));
+                        ok = false;
+                        break;
+                    }
                 }
             }
         }
@@ -855,6 +860,34 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
             model.graph = backup;
             continue;
         }
+        let sources: Vec<(ValueId, Option<u64>)> = plans
+            .iter()
+            .flat_map(|p| p.sources.iter())
+            .map(|s| match s.source {
+                Source::Value(v) => (v, None),
+                Source::OneHot(v) => (
+                    v,
+                    Some(match &s.combined {
+                        Combined::Dense(m) => m.nrows() as u64,
+                        _ => 1,
+                    }),
+                ),
+            })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let outputs: Vec<ValueId> = plans.iter().map(|p| p.output).collect();
+        let old_nodes: Vec<NodeId> = region.nodes.iter().copied().collect();
+        cx.check_rewrite(
+            &label,
+            &backup,
+            &old_nodes,
+            &model.graph,
+            &added,
+            &sources,
+            &outputs,
+            opset,
+        )?;
         done += 1;
         for (method, rank, target) in descriptions {
             cx.rewrote(crate::driver::Rewrite {

@@ -304,3 +304,104 @@ pub fn parse_input_shape(s: &str) -> std::result::Result<(String, Vec<i64>), Str
     let dims = dims.map_err(|_| format!("--input-shape '{s}': dims must be positive integers"))?;
     Ok((name.to_string(), dims))
 }
+
+/// Checks one rewrite: the nodes `old` of `before` against the nodes `new` of `after`, both
+/// computing `outputs` from `sources`, on random inputs shaped like the sources (static shapes
+/// from the graph; `[2, width]` rows when only the width is known; index sources get indices
+/// below `index_limit`). Returns the per-output comparison.
+pub fn check_rewrite(
+    before: &crate::ir::Graph,
+    old: &[crate::ir::NodeId],
+    after: &crate::ir::Graph,
+    new: &[crate::ir::NodeId],
+    sources: &[(crate::ir::ValueId, Option<u64>)],
+    outputs: &[crate::ir::ValueId],
+    opset: i64,
+    tolerance: f64,
+) -> Result<Vec<OutputDiff>> {
+    use crate::rewrite::types::{elem_type, last_dim, static_shape};
+    let mut shapes = Vec::new();
+    for &(s, index_limit) in sources {
+        let dtype = elem_type(before, s).unwrap_or(code::FLOAT);
+        let shape = static_shape(before, s)
+            .or_else(|| last_dim(before, s).map(|d| vec![2, d]))
+            .ok_or_else(|| {
+                Error::graph(format!(
+                    "the shape of '{}' is unknown",
+                    before.value(s).name
+                ))
+            })?;
+        shapes.push((before.value(s).name.clone(), dtype, shape, index_limit));
+    }
+    let mut rng = Rng(0x5eed);
+    let mut inputs = Vec::new();
+    for (name, dtype, shape, limit) in &shapes {
+        let t = match limit {
+            Some(l) => {
+                let count = crate::ir::dtype::element_count(shape).unwrap_or(0) as usize;
+                let v: Vec<i64> = (0..count)
+                    .map(|_| (rng.next() % (*l).max(1)) as i64)
+                    .collect();
+                let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+                let a = ArrayD::from_shape_vec(dims, v).map_err(|e| Error::graph(e.to_string()))?;
+                if *dtype == code::INT32 {
+                    TensorValue::I32(a.mapv(|x| x as i32))
+                } else {
+                    TensorValue::I64(a)
+                }
+            }
+            None => {
+                random_inputs(&[(name.clone(), *dtype, shape.clone())], rng.next())?
+                    .remove(0)
+                    .1
+            }
+        };
+        inputs.push((name.clone(), t));
+    }
+    let run_sub =
+        |g: &crate::ir::Graph, nodes: &[crate::ir::NodeId]| -> Result<Vec<(String, TensorValue)>> {
+            let mut gp = onnx_protobuf::GraphProto::new();
+            let mut consts = std::collections::BTreeSet::new();
+            for &n in nodes {
+                let node = g.node(n);
+                let name = |v: Option<crate::ir::ValueId>| {
+                    v.map(|v| g.value(v).name.clone()).unwrap_or_default()
+                };
+                gp.node.push(onnx_protobuf::NodeProto {
+                    op_type: node.op_type.clone(),
+                    domain: node.domain.clone(),
+                    input: node.inputs.iter().map(|&v| name(v)).collect(),
+                    output: node.outputs.iter().map(|&v| name(v)).collect(),
+                    attribute: node.attrs.clone(),
+                    ..Default::default()
+                });
+                for v in node.inputs.iter().flatten() {
+                    if g.constant(*v).is_some() {
+                        consts.insert(*v);
+                    }
+                }
+            }
+            for v in consts {
+                let name = g.value(v).name.clone();
+                let t = g.constant(v).expect("constant");
+                let bytes = t.bytes(&name)?;
+                gp.initializer.push(onnx_protobuf::TensorProto {
+                    name,
+                    dims: t.dims.clone(),
+                    data_type: t.dtype,
+                    raw_data: bytes.into_owned(),
+                    ..Default::default()
+                });
+            }
+            for &o in outputs {
+                gp.output.push(onnx_protobuf::ValueInfoProto {
+                    name: g.value(o).name.clone(),
+                    ..Default::default()
+                });
+            }
+            crate::eval::run_graph(&gp, opset, &inputs).map_err(|e| Error::graph(e.to_string()))
+        };
+    let a = run_sub(before, old)?;
+    let b = run_sub(after, new)?;
+    compare(&a, &b, Some(tolerance))
+}

@@ -75,7 +75,7 @@ fn foldable_cases_fold_exactly_and_match_the_reference_merge() {
             };
             let unmerged = repo().join("models").join(u);
             let out = tmp.path().join(format!("{name}.{exp}.onnx"));
-            let (code, report) = fold(&unmerged, &out, &["--strict"]);
+            let (code, report) = fold(&unmerged, &out, &["--strict", "--verify-each"]);
             if code != 0 {
                 failures.push(format!(
                     "{name}.{exp}: exit {code}: left in place {}",
@@ -167,4 +167,64 @@ fn verification_failure_writes_nothing() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("nothing was written"));
     assert!(!out.exists());
+}
+
+#[test]
+fn the_rewrite_checker_catches_a_wrong_rewrite() {
+    // Old: y = Relu(x); new: y = Neg(x). The per-rewrite check must report the difference.
+    use graft::ir::{Graph, Node};
+    let mut before = Graph::default();
+    let x = before.add_value("x").unwrap();
+    let y = before.add_value("y").unwrap();
+    before.value_mut(x).is_input = true;
+    let mut onnx_shape = onnx_protobuf::TensorShapeProto::new();
+    for d in [2, 3] {
+        let mut dim = onnx_protobuf::tensor_shape_proto::Dimension::new();
+        dim.set_dim_value(d);
+        onnx_shape.dim.push(dim);
+    }
+    before.value_mut(x).ty = Some(onnx_protobuf::TypeProto {
+        value: Some(onnx_protobuf::type_proto::Value::TensorType(
+            onnx_protobuf::type_proto::Tensor {
+                elem_type: 1,
+                shape: Some(onnx_shape).into(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    });
+    let mut after = before.clone();
+    let mut relu = Node::new("Relu");
+    relu.inputs = vec![Some(x)];
+    relu.outputs = vec![Some(y)];
+    let old = before.add_node(relu).unwrap();
+    let mut neg = Node::new("Neg");
+    neg.inputs = vec![Some(x)];
+    neg.outputs = vec![Some(y)];
+    let new = after.add_node(neg).unwrap();
+    let diffs = graft::verify::check_rewrite(
+        &before,
+        &[old],
+        &after,
+        &[new],
+        &[(x, None)],
+        &[y],
+        18,
+        1e-5,
+    )
+    .unwrap();
+    assert!(!diffs[0].ok && diffs[0].rel_fro > 0.5, "{diffs:?}");
+    // And the same nodes agree with themselves.
+    let same = graft::verify::check_rewrite(
+        &before,
+        &[old],
+        &before,
+        &[old],
+        &[(x, None)],
+        &[y],
+        18,
+        1e-5,
+    )
+    .unwrap();
+    assert!(same[0].ok && same[0].rel_fro == 0.0);
 }

@@ -50,6 +50,11 @@ pub struct Args {
     /// Skip the numerical check of the folded model against the original.
     #[arg(long)]
     pub no_verify: bool,
+    /// Also check every rewrite on its own (its old nodes against its new ones on random
+    /// inputs) and fail naming the pass and node that broke equivalence. Models with over
+    /// 1 GiB of weights are always checked this way instead of whole.
+    #[arg(long, conflicts_with = "no_verify")]
+    pub verify_each: bool,
     /// Shape of an input with symbolic dims for the check, e.g. input_ids=1,128 (repeatable).
     #[arg(long, value_name = "NAME=D1,D2,...")]
     pub input_shape: Vec<String>,
@@ -70,6 +75,9 @@ pub struct Args {
     #[arg(long)]
     pub in_place: bool,
 }
+
+/// Models with more weight bytes than this are checked rewrite by rewrite, not whole.
+const WHOLE_MODEL_LIMIT: u64 = 1 << 30;
 
 #[derive(Serialize)]
 struct Totals {
@@ -158,6 +166,9 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let steps = graft::passes::parse_pipeline("fold")?;
     let lookup = graft::passes::lookup;
     let mut driver = Driver::new(&lookup);
+    let weight_bytes = Sizes::of(&original).bytes;
+    let too_big = weight_bytes > WHOLE_MODEL_LIMIT;
+    driver.verify_rewrites = !a.no_verify && (a.verify_each || too_big);
     driver.dump_all = a.dump_graph_all;
     if let Some(target) = a.dump_graph.as_deref() {
         driver.dump = Some(super::opt::dump_fn(target, a.weights)?);
@@ -186,12 +197,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let mut verification = None;
     let mut failed = false;
     if !a.no_verify {
-        let weights = Sizes::of(&original).bytes;
-        if weights > 1 << 30 {
+        if too_big {
             verification = Some(Verification {
-                mode: "skipped".into(),
+                mode: "rewrite by rewrite".into(),
                 inputs: format!(
-                    "the model has {weights} bytes of weights; whole-model checks run up to 1 GiB (use --no-verify to silence this)"
+                    "random inputs per rewrite (the model has {weight_bytes} bytes of weights; whole-model checks run up to 1 GiB)"
                 ),
                 outputs: vec![],
                 passed: true,
@@ -220,7 +230,11 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             let diffs = graft::verify::compare(&ya, &yb, a.tolerance)?;
             failed = diffs.iter().any(|d| !d.ok);
             verification = Some(Verification {
-                mode: "whole model".into(),
+                mode: if a.verify_each {
+                    "whole model, and rewrite by rewrite".into()
+                } else {
+                    "whole model".into()
+                },
                 inputs: desc,
                 outputs: diffs,
                 passed: !failed,

@@ -49,9 +49,57 @@ pub struct PassContext {
     pass: String,
     pub refusals: Vec<Refusal>,
     pub rewrites: Vec<Rewrite>,
+    /// Check every rewrite numerically (its old nodes against its new ones on random inputs);
+    /// passes that rewrite regions do this and fail naming the region when it does not hold.
+    pub verify_rewrites: bool,
 }
 
 impl PassContext {
+    /// Checks a rewrite when `verify_rewrites` is on: `old` nodes of `before` against `new`
+    /// nodes of `after`. Fails naming `what` when an output differs beyond single-layer
+    /// tolerance (f32 1e-5, f16 2e-3, bf16 1e-2 relative Frobenius error).
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_rewrite(
+        &self,
+        what: &str,
+        before: &crate::ir::Graph,
+        old: &[crate::ir::NodeId],
+        after: &crate::ir::Graph,
+        new: &[crate::ir::NodeId],
+        sources: &[(crate::ir::ValueId, Option<u64>)],
+        outputs: &[crate::ir::ValueId],
+        opset: i64,
+    ) -> Result<()> {
+        if !self.verify_rewrites {
+            return Ok(());
+        }
+        let dtype = outputs
+            .first()
+            .and_then(|&o| crate::rewrite::types::elem_type(before, o))
+            .unwrap_or(crate::ir::dtype::code::FLOAT);
+        let tol = match dtype {
+            crate::ir::dtype::code::FLOAT16 => 2e-3,
+            crate::ir::dtype::code::BFLOAT16 => 1e-2,
+            _ => 1e-5,
+        };
+        let diffs =
+            crate::verify::check_rewrite(before, old, after, new, sources, outputs, opset, tol)
+                .map_err(|e| Error::Pass {
+                    pass: self.pass.clone(),
+                    msg: format!("cannot check the rewrite of {what}: {e}"),
+                })?;
+        if let Some(d) = diffs.iter().find(|d| !d.ok) {
+            return Err(Error::Pass {
+                pass: self.pass.clone(),
+                msg: format!(
+                    "the rewrite of {what} broke equivalence: output '{}' differs by {:.2e} (relative; tolerance {:.0e})",
+                    d.name, d.rel_fro, d.tolerance
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Records a rewrite for the report (the pass name is filled in).
     pub fn rewrote(&mut self, mut r: Rewrite) {
         r.pass = self.pass.clone();
@@ -134,6 +182,8 @@ pub struct Driver<'a> {
     pub dump_all: bool,
     /// Run the IR verifier after every pass (always on in debug builds).
     pub verify_ir: bool,
+    /// Ask passes to check each rewrite numerically (`--verify-each`).
+    pub verify_rewrites: bool,
     dumps: usize,
 }
 
@@ -144,6 +194,7 @@ impl<'a> Driver<'a> {
             dump: None,
             dump_all: false,
             verify_ir: cfg!(debug_assertions),
+            verify_rewrites: false,
             dumps: 0,
         }
     }
@@ -226,6 +277,7 @@ impl<'a> Driver<'a> {
         let backup = model.clone();
         let mut cx = PassContext {
             pass: pass.name().to_string(),
+            verify_rewrites: self.verify_rewrites,
             ..Default::default()
         };
         let outcome = pass.run(model, &mut cx).and_then(|n| {
