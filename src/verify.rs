@@ -309,6 +309,7 @@ pub fn parse_input_shape(s: &str) -> std::result::Result<(String, Vec<i64>), Str
 /// computing `outputs` from `sources`, on random inputs shaped like the sources (static shapes
 /// from the graph; `[2, width]` rows when only the width is known; index sources get indices
 /// below `index_limit`). Returns the per-output comparison.
+#[allow(clippy::too_many_arguments)]
 pub fn check_rewrite(
     before: &crate::ir::Graph,
     old: &[crate::ir::NodeId],
