@@ -8,7 +8,8 @@
 //! Nodes are folded in groups: everything computable from the same constants is evaluated
 //! together, so a chain whose intermediate values are large (an `EyeLike` feeding a weight-norm
 //! computation, a low-rank product added to a weight) folds when its final result is small.
-//! Refuses: nondeterministic operators, nodes with subgraphs, nodes producing a graph output,
+//! Refuses: nondeterministic operators, quantization operators (a dequantized weight is
+//! larger and quantization is how the model ships), nodes with subgraphs, nodes producing a graph output,
 //! nodes the evaluator rejects (the reason is reported), and — the size guard — any value that
 //! would leave the group (be read by a non-constant node) if it takes, with its name, more
 //! bytes than what cutting it frees (dead constants and the removed nodes themselves) plus 64 bytes, or
@@ -30,6 +31,14 @@ pub struct ConstantFold;
 const SLACK_BYTES: u64 = 64;
 /// ... and the parameter count by this many elements.
 const SLACK_ELEMENTS: u64 = 16;
+
+/// Quantization is deliberate: a dequantized weight is larger, and a quantized one is the
+/// representation the model ships; neither is folded.
+const QUANTIZATION: &[&str] = &[
+    "DequantizeLinear",
+    "QuantizeLinear",
+    "DynamicQuantizeLinear",
+];
 
 const NONDETERMINISTIC: &[&str] = &[
     "RandomNormal",
@@ -81,6 +90,7 @@ impl Pass for ConstantFold {
                 let standard = node.domain.is_empty() || node.domain == "ai.onnx";
                 if !standard
                     || NONDETERMINISTIC.contains(&node.op_type.as_str())
+                    || QUANTIZATION.contains(&node.op_type.as_str())
                     || node
                         .attrs
                         .iter()

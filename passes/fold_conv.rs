@@ -1251,10 +1251,11 @@ pub fn fold_conv(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
                 method,
                 target: described.first().cloned().unwrap_or(label),
                 rank: None,
-                parameters_removed: 0,
+                parameters_removed: params_before as i64 - params_after as i64,
                 macs_before: before,
                 macs_after: after,
                 nodes_removed: nodes_before.saturating_sub(nodes_after),
+                delta_fidelity: None,
             });
         }
         if new_cut {

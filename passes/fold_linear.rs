@@ -287,6 +287,7 @@ fn build_root(
     weight_users: &HashMap<ValueId, usize>,
     removed: &HashMap<NodeId, Node>,
     spare: &mut Vec<ValueId>,
+    fidelity: &mut Option<f64>,
 ) -> std::result::Result<Vec<Node>, String> {
     let out_name = g.value(p.output).name.clone();
     let out_dtype = elem_type(g, p.output)
@@ -403,6 +404,28 @@ fn build_root(
                 let ext = weight_value
                     .and_then(|w| g.constant(w))
                     .is_some_and(|t| t.is_external());
+                if matches!(
+                    dtype,
+                    crate::ir::dtype::code::FLOAT16 | crate::ir::dtype::code::BFLOAT16
+                ) && let Some(old) =
+                    weight_value.and_then(|w| crate::rewrite::consts::const_f64(g, w))
+                    && old.shape() == stored.shape()
+                {
+                    let rounded = crate::rewrite::consts::to_f64(
+                        &from_f64(&stored.clone().into_dyn(), dtype),
+                        "merged",
+                    )
+                    .map_err(|e| e.to_string())?;
+                    let (mut err, mut delta) = (0.0f64, 0.0f64);
+                    for ((r, s), o) in rounded.iter().zip(stored.iter()).zip(old.iter()) {
+                        err += (r - s) * (r - s);
+                        delta += (s - o) * (s - o);
+                    }
+                    if delta > 0.0 {
+                        let f = (err / delta).sqrt();
+                        *fidelity = Some(fidelity.map_or(f, |x: f64| x.max(f)));
+                    }
+                }
                 let tensor =
                     from_f64_like(&stored.into_dyn(), dtype, ext).map_err(|e| e.to_string())?;
                 // Overwrite the weight in place only when nothing outside the region reads it.
@@ -830,8 +853,9 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
             .collect();
         let mut new_nodes = Vec::new();
         let mut ok = true;
+        let mut fidelity: Option<f64> = None;
         for p in &plans {
-            match build_root(g, p, &outside_users, &removed, &mut spare) {
+            match build_root(g, p, &outside_users, &removed, &mut spare, &mut fidelity) {
                 Ok(ns) => new_nodes.extend(ns),
                 Err(e) => {
                     cx.refuse(label.clone(), format!("rebuild failed: {e}"));
@@ -899,6 +923,7 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
                 macs_before,
                 macs_after,
                 nodes_removed: nodes_before.saturating_sub(nodes_after),
+                delta_fidelity: fidelity,
             });
         }
     }

@@ -290,9 +290,13 @@ fn print_human(r: &FoldReport) {
         outln!(o, "folded ({}):", r.folded.len());
         for f in &r.folded {
             let rank = f.rank.map(|r| format!(", rank {r}")).unwrap_or_default();
+            let fid = f
+                .delta_fidelity
+                .map(|d| format!(", delta fidelity {d:.1e} after rounding to the stored type"))
+                .unwrap_or_default();
             outln!(
                 o,
-                "  {} into {}{rank}: {} parameters removed, {} -> {} multiply-adds per row",
+                "  {} into {}{rank}: {} parameters removed, {} -> {} multiply-adds per row{fid}",
                 f.method,
                 f.target,
                 f.parameters_removed,

@@ -41,6 +41,10 @@ pub struct Rewrite {
     pub macs_before: u64,
     pub macs_after: u64,
     pub nodes_removed: usize,
+    /// For float16/bfloat16 weights: how much of the weight change survived rounding to the
+    /// stored type, as ‖(W'ᵣ − W) − ΔW‖ / ‖ΔW‖ (0 is perfect).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_fidelity: Option<f64>,
 }
 
 /// What passes can read and report while they run.
