@@ -173,3 +173,35 @@ fn summary_text_cannot_be_converted_to_onnx() {
     assert!(stderr(&o).contains("summary"), "{}", stderr(&o));
     assert!(!out.exists());
 }
+
+#[test]
+fn inspect_finds_every_lora_branch() {
+    // Each LoRA branch is one down/up MatMul pair that PyTorch's own merge removes, so the
+    // reference merged export has exactly two linear ops fewer per branch.
+    let linear_ops = |p: &std::path::Path| -> u64 {
+        let o = run_graft(&["inspect", p.to_str().unwrap(), "--json"]);
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        ["MatMul", "Gemm"]
+            .iter()
+            .map(|k| j["ops"][*k].as_u64().unwrap_or(0))
+            .sum()
+    };
+    for case in [
+        "bert_lora",
+        "bert_rslora",
+        "bert_multi_lora",
+        "pissa",
+        "vit_lora",
+    ] {
+        for exp in ["ts", "dynamo"] {
+            let u = repo().join(format!("models/{case}/unmerged.{exp}.onnx"));
+            let m = repo().join(format!("models/{case}/merged.{exp}.onnx"));
+            let o = run_graft(&["inspect", u.to_str().unwrap(), "--json"]);
+            let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            let found = j["adapters"].as_array().unwrap().len() as u64;
+            let want = (linear_ops(&u) - linear_ops(&m)) / 2;
+            assert_eq!(found, want, "{case}.{exp}");
+            assert!(found > 0);
+        }
+    }
+}

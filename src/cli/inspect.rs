@@ -46,6 +46,15 @@ struct Summary {
     external_data: Vec<DataFile>,
     functions: Vec<String>,
     metadata: BTreeMap<String, String>,
+    /// Adapter-like low-rank branches (what `graft fold` would look at).
+    adapters: Vec<Adapter>,
+}
+
+#[derive(Serialize)]
+struct Adapter {
+    down: String,
+    up: String,
+    rank: usize,
 }
 
 /// `float[1, 128]`-style text for a value type.
@@ -183,6 +192,14 @@ fn summarize(path: &std::path::Path, m: &Model) -> Summary {
             .iter()
             .map(|e| (e.key.clone(), e.value.clone()))
             .collect(),
+        adapters: graft::rewrite::adapters::leftovers(g, &Default::default())
+            .into_iter()
+            .map(|l| Adapter {
+                down: l.down,
+                up: l.up,
+                rank: l.rank,
+            })
+            .collect(),
     }
 }
 
@@ -241,6 +258,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 f.tensors,
                 human_bytes(f.bytes)
             );
+        }
+    }
+    if s.adapters.is_empty() {
+        outln!(o, "adapter-like branches: none");
+    } else {
+        outln!(
+            o,
+            "adapter-like branches ({}; `graft fold` folds the linear ones):",
+            s.adapters.len()
+        );
+        for a in &s.adapters {
+            outln!(o, "  rank {}: {} -> {}", a.rank, a.down, a.up);
         }
     }
     if !s.functions.is_empty() {
