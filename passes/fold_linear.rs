@@ -43,7 +43,17 @@ fn forms(
     order: &[NodeId],
 ) -> std::result::Result<HashMap<ValueId, Form>, String> {
     let mut out: HashMap<ValueId, Form> = HashMap::new();
+    // A root's output is rebuilt and kept, so other roots read it as an input, never by
+    // expanding its form (that would compute it twice).
+    let root_outputs: HashSet<ValueId> = region
+        .roots
+        .iter()
+        .filter_map(|r| g.node(*r).outputs.first().copied().flatten())
+        .collect();
     let form_of = |out: &HashMap<ValueId, Form>, v: ValueId| -> Form {
+        if root_outputs.contains(&v) {
+            return Form::source(v);
+        }
         out.get(&v).cloned().unwrap_or_else(|| Form::source(v))
     };
     for &n in order {
@@ -150,7 +160,7 @@ fn plan_root(
                     _ => false,
                 })
                 .max_by_key(|n| {
-                    let reads_source = ops[n].inputs().first() == Some(&s.value());
+                    let reads_source = reads_from(g, ops, *n, s.value());
                     (
                         reads_source,
                         g.node(*n).op_type == "Gemm",
@@ -670,6 +680,95 @@ fn broadcast_shapes(a: &[i64], b: &[i64]) -> Option<Vec<i64>> {
         .collect()
 }
 
+/// One anchor hosts one result: later claims build a fresh node instead.
+fn dedupe_anchors(plans: &mut [RootPlan]) {
+    let mut claimed = HashSet::new();
+    for p in plans.iter_mut() {
+        for src in p.sources.iter_mut() {
+            if let Some(a) = src.anchor
+                && !claimed.insert(a)
+            {
+                src.anchor = None;
+            }
+        }
+    }
+}
+
+/// Whether dense node `n` reads `source`, directly or through a few non-dense affine nodes.
+fn reads_from(g: &Graph, ops: &HashMap<NodeId, LinOp>, n: NodeId, source: ValueId) -> bool {
+    let mut frontier: Vec<ValueId> = ops[&n].inputs();
+    for _ in 0..4 {
+        if frontier.contains(&source) {
+            return true;
+        }
+        let mut next = Vec::new();
+        for v in frontier {
+            if let Some(p) = g.producer(v)
+                && let Some(op) = ops.get(&p)
+                && !matches!(op, LinOp::Dense { .. } | LinOp::Lookup { .. })
+            {
+                next.extend(op.inputs());
+            }
+        }
+        frontier = next;
+    }
+    false
+}
+
+/// Moves the terms of inputs that feed only low-rank branches onto the region's main input,
+/// scaled by the ratio of their mean calibration norms (`x_k ≈ (n̄_k / n̄_main)·x_main`).
+/// Returns the new form and a note per substitution.
+fn substitute(g: &Graph, form: &Form, norms: &HashMap<String, f64>) -> (Form, Vec<String>) {
+    let mut f = form.clone();
+    let dense_size = |terms: &[Term]| -> usize {
+        terms
+            .iter()
+            .filter(|t| t.rank().is_none() && t.has_dense())
+            .map(|t| t.d_in().unwrap_or(0) * t.d_out().unwrap_or(0))
+            .max()
+            .unwrap_or(0)
+    };
+    let Some(main) = f
+        .parts
+        .iter()
+        .filter(|(s, _)| matches!(s, Source::Value(_)))
+        .max_by_key(|(_, t)| dense_size(t))
+        .map(|(s, _)| *s)
+    else {
+        return (f, vec![]);
+    };
+    let main_name = g.value(main.value()).name.clone();
+    let Some(&main_norm) = norms.get(&main_name).filter(|n| **n > 0.0) else {
+        return (f, vec![]);
+    };
+    let main_width = Form::dims(&f.parts[&main]).0;
+
+    let mut notes = Vec::new();
+    let others: Vec<Source> = f.parts.keys().copied().filter(|s| *s != main).collect();
+    for s in others {
+        let Source::Value(v) = s else { continue };
+        let terms = &f.parts[&s];
+        let low_rank_only = terms
+            .iter()
+            .all(|t| t.rank().is_some_and(|r| t.d_in().is_some_and(|d| r < d)));
+        let name = &g.value(v).name;
+        let (Some(&n), true) = (norms.get(name), low_rank_only) else {
+            continue;
+        };
+        if Form::dims(terms).0 != main_width {
+            continue;
+        }
+        let alpha = n / main_norm;
+        let mut moved = f.parts.remove(&s).expect("present");
+        for t in moved.iter_mut() {
+            t.scale *= alpha;
+        }
+        f.parts.get_mut(&main).expect("main").extend(moved);
+        notes.push(format!("'{name}' ≈ {alpha:.4}·'{main_name}'"));
+    }
+    (f, notes)
+}
+
 impl Pass for FoldLinear {
     fn name(&self) -> &'static str {
         "fold-linear"
@@ -717,17 +816,7 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
                 Err(e) => failed = Some(e),
             }
         }
-        // One anchor hosts one result: later claims build a fresh node instead.
-        let mut claimed = HashSet::new();
-        for p in plans.iter_mut() {
-            for src in p.sources.iter_mut() {
-                if let Some(a) = src.anchor
-                    && !claimed.insert(a)
-                {
-                    src.anchor = None;
-                }
-            }
-        }
+        dedupe_anchors(&mut plans);
         if let Some(e) = failed {
             cx.refuse(
                 g.label(region.roots[0]),
@@ -788,10 +877,48 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
             nodes_after += k;
             params_after += q;
         }
-        let better = macs_after <= macs_before
+        let mut better = macs_after <= macs_before
             && params_after <= params_before
             && (macs_after < macs_before || nodes_after < nodes_before);
         let label = g.label(region.roots[0]);
+        // With calibration norms, an input that only feeds low-rank branches (a ResLoRA
+        // shortcut from an earlier block) can be approximated by the main input scaled by the
+        // ratio of their mean norms; the merge is then approximate and reported as such.
+        let mut approximations: Vec<String> = Vec::new();
+        if !better && let Some(norms) = cx.calibration.clone() {
+            let mut new_plans = Vec::new();
+            let mut notes = Vec::new();
+            for &r in &region.roots {
+                let y = g.node(r).outputs[0].expect("output");
+                let (f, n) = substitute(g, &all_forms[&y], &norms);
+                notes.extend(n);
+                match plan_root(g, &ops, &region, r, &f) {
+                    Ok(p) => new_plans.push(p),
+                    Err(_) => break,
+                }
+            }
+            if !notes.is_empty() && new_plans.len() == region.roots.len() {
+                let (mut m2, mut k2, mut q2) = (0u64, 0usize, 0u64);
+                for p in &new_plans {
+                    let (m, k, q) = plan_cost(g, p);
+                    m2 += m;
+                    k2 += k;
+                    q2 += q;
+                }
+                if m2 <= macs_before
+                    && q2 <= params_before
+                    && (m2 < macs_before || k2 < nodes_before)
+                {
+                    plans = new_plans;
+                    dedupe_anchors(&mut plans);
+                    macs_after = m2;
+                    nodes_after = k2;
+                    params_after = q2;
+                    better = true;
+                    approximations = notes;
+                }
+            }
+        }
         if !better {
             if macs_after > macs_before || params_after > params_before {
                 let (method, _) = describe(g, &plans[0]);
@@ -810,7 +937,10 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
         let descriptions: Vec<(String, Option<usize>, String)> = plans
             .iter()
             .map(|p| {
-                let (m, r) = describe(g, p);
+                let (mut m, r) = describe(g, p);
+                if !approximations.is_empty() {
+                    m = format!("{m} (approximate: {})", approximations.join("; "));
+                }
                 let target = p
                     .sources
                     .iter()

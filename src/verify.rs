@@ -406,3 +406,113 @@ pub fn check_rewrite(
     let b = run_sub(after, new)?;
     compare(&a, &b, Some(tolerance))
 }
+
+/// Calibration batches from an .npz: each input's array is either one batch (the input's own
+/// rank) or several stacked along a new first axis.
+pub fn calibration_batches(
+    path: &Path,
+    shapes: &[(String, i32, Vec<i64>)],
+) -> Result<Vec<Vec<(String, TensorValue)>>> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut npz = ndarray_npy::NpzReader::new(file)
+        .map_err(|e| Error::bad_model(path, format!("not a readable .npz file: {e}")))?;
+    let mut per_input: Vec<Vec<TensorValue>> = Vec::new();
+    for (name, dtype, dims) in shapes {
+        let bad =
+            |e: ndarray_npy::ReadNpzError| Error::bad_model(path, format!("array '{name}': {e}"));
+        let arr: ArrayD<f64> = match *dtype {
+            code::FLOAT => npz
+                .by_name::<ndarray::OwnedRepr<f32>, ndarray::IxDyn>(name)
+                .map_err(bad)?
+                .mapv(|x| x as f64),
+            code::INT64 => npz
+                .by_name::<ndarray::OwnedRepr<i64>, ndarray::IxDyn>(name)
+                .map_err(bad)?
+                .mapv(|x| x as f64),
+            other => {
+                return Err(Error::bad_model(
+                    path,
+                    format!(
+                        "input '{name}': calibration inputs of type {} are not supported",
+                        crate::ir::dtype::name(other)
+                    ),
+                ));
+            }
+        };
+        let batches: Vec<ArrayD<f64>> = if arr.ndim() == dims.len() {
+            vec![arr]
+        } else if arr.ndim() == dims.len() + 1 {
+            arr.outer_iter().map(|a| a.to_owned()).collect()
+        } else {
+            return Err(Error::bad_model(
+                path,
+                format!(
+                    "array '{name}' has rank {}, expected {} or {}",
+                    arr.ndim(),
+                    dims.len(),
+                    dims.len() + 1
+                ),
+            ));
+        };
+        per_input.push(
+            batches
+                .into_iter()
+                .map(|b| match *dtype {
+                    code::INT64 => TensorValue::I64(b.mapv(|x| x as i64)),
+                    _ => TensorValue::F32(b.mapv(|x| x as f32)),
+                })
+                .collect(),
+        );
+    }
+    let n = per_input.first().map_or(0, |b| b.len());
+    if per_input.iter().any(|b| b.len() != n) || n == 0 {
+        return Err(Error::bad_model(
+            path,
+            "inputs have different numbers of calibration batches",
+        ));
+    }
+    Ok((0..n)
+        .map(|i| {
+            shapes
+                .iter()
+                .zip(&per_input)
+                .map(|((name, _, _), b)| (name.clone(), b[i].clone()))
+                .collect()
+        })
+        .collect())
+}
+
+/// Mean Frobenius norm of every value the model computes, over calibration batches.
+pub fn activation_norms(
+    model: &Model,
+    batches: &[Vec<(String, TensorValue)>],
+) -> Result<std::collections::HashMap<String, f64>> {
+    let opset = model.opset("").unwrap_or(1);
+    let mut proto = crate::onnx::model_to_proto(model.clone())?;
+    let graph = proto
+        .graph
+        .as_mut()
+        .ok_or_else(|| Error::graph("no graph"))?;
+    let mut names: Vec<String> = graph.input.iter().map(|i| i.name.clone()).collect();
+    for n in &graph.node {
+        names.extend(n.output.iter().filter(|o| !o.is_empty()).cloned());
+    }
+    graph.output = names
+        .iter()
+        .map(|n| onnx_protobuf::ValueInfoProto {
+            name: n.clone(),
+            ..Default::default()
+        })
+        .collect();
+    let mut sums: std::collections::HashMap<String, f64> = Default::default();
+    for batch in batches {
+        let outs = crate::eval::run_graph(graph, opset, batch)
+            .map_err(|e| Error::graph(format!("running the calibration inputs: {e}")))?;
+        for (name, t) in outs {
+            let norm = t.to_f64_vec().iter().map(|x| x * x).sum::<f64>().sqrt();
+            *sums.entry(name).or_default() += norm;
+        }
+    }
+    let n = batches.len().max(1) as f64;
+    Ok(sums.into_iter().map(|(k, v)| (k, v / n)).collect())
+}

@@ -228,3 +228,61 @@ fn the_rewrite_checker_catches_a_wrong_rewrite() {
     .unwrap();
     assert!(same[0].ok && same[0].rel_fro == 0.0);
 }
+
+#[test]
+fn reslora_shortcuts_fold_approximately_only_with_calibration() {
+    // ResLoRA's input and middle shortcuts read earlier blocks' activations: without
+    // calibration they stay (and --strict says so); with --calibrate graft measures the
+    // activation norms and matches PyTorch's official approximate merge (merge_flag 4 for is,
+    // 3 for ms), built independently by models/generate.py.
+    let Some(py) = python("reslora calibration") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    for case in ["reslora_is", "reslora_ms"] {
+        for exp in ["ts", "dynamo"] {
+            let dir = repo().join("models").join(case);
+            let u = dir.join(format!("unmerged.{exp}.onnx"));
+            let out = tmp.path().join(format!("{case}.{exp}.onnx"));
+            let (code, _) = fold(&u, &out, &["--strict"]);
+            assert_eq!(
+                code, 3,
+                "{case}.{exp}: without calibration the shortcuts must stay"
+            );
+            let cal = dir.join("calibration.npz");
+            let (code, report) = fold(&u, &out, &["--calibrate", cal.to_str().unwrap()]);
+            assert_eq!(code, 0, "{case}.{exp}: {report}");
+            let approx = report["folded"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| f["method"].as_str().unwrap().contains("approximate"))
+                .count();
+            assert!(approx > 0, "{case}.{exp}: {report}");
+            assert!(
+                report["verification"]["mode"]
+                    .as_str()
+                    .unwrap()
+                    .contains("calibration")
+            );
+            let merged = dir.join(format!("merged.{exp}.onnx"));
+            let inputs = dir.join("inputs.npz");
+            let cmp = oracle(
+                &py,
+                &[
+                    "compare",
+                    merged.to_str().unwrap(),
+                    out.to_str().unwrap(),
+                    "--inputs",
+                    inputs.to_str().unwrap(),
+                    "--rtol",
+                    "1e-4",
+                ],
+            );
+            assert_eq!(
+                cmp["ok"], true,
+                "{case}.{exp}: graft's approximate merge differs from the reference: {cmp}"
+            );
+        }
+    }
+}

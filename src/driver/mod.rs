@@ -56,6 +56,9 @@ pub struct PassContext {
     /// Check every rewrite numerically (its old nodes against its new ones on random inputs);
     /// passes that rewrite regions do this and fail naming the region when it does not hold.
     pub verify_rewrites: bool,
+    /// Mean Frobenius norms of the model's values on calibration inputs (`--calibrate`), by
+    /// value name; lets folds approximate one input of a region by a scaled other one.
+    pub calibration: Option<std::sync::Arc<std::collections::HashMap<String, f64>>>,
 }
 
 impl PassContext {
@@ -188,6 +191,8 @@ pub struct Driver<'a> {
     pub verify_ir: bool,
     /// Ask passes to check each rewrite numerically (`--verify-each`).
     pub verify_rewrites: bool,
+    /// Calibration norms handed to passes.
+    pub calibration: Option<std::sync::Arc<std::collections::HashMap<String, f64>>>,
     dumps: usize,
 }
 
@@ -199,6 +204,7 @@ impl<'a> Driver<'a> {
             dump_all: false,
             verify_ir: cfg!(debug_assertions),
             verify_rewrites: false,
+            calibration: None,
             dumps: 0,
         }
     }
@@ -282,6 +288,7 @@ impl<'a> Driver<'a> {
         let mut cx = PassContext {
             pass: pass.name().to_string(),
             verify_rewrites: self.verify_rewrites,
+            calibration: self.calibration.clone(),
             ..Default::default()
         };
         let outcome = pass.run(model, &mut cx).and_then(|n| {

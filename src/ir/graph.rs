@@ -125,6 +125,8 @@ pub struct Graph {
     /// doc_string, sparse initializers, quantization annotations, metadata and unknown fields.
     pub shell: GraphProto,
     names: HashMap<String, ValueId>,
+    /// How many nodes carry each (non-empty) node name: new nodes get unique names.
+    node_names: HashMap<String, usize>,
     next_order: u64,
 }
 
@@ -266,6 +268,16 @@ impl Graph {
         } else {
             self.next_order = self.next_order.max(node.order);
         }
+        if !node.name.is_empty() && self.node_names.get(&node.name).is_some_and(|&c| c > 0) {
+            let base = node.name.clone();
+            node.name = (1..)
+                .map(|i| format!("{base}_{i}"))
+                .find(|n| !self.node_names.get(n).is_some_and(|&c| c > 0))
+                .expect("infinite");
+        }
+        if !node.name.is_empty() {
+            *self.node_names.entry(node.name.clone()).or_default() += 1;
+        }
         let inputs = node.inputs.clone();
         let outputs = node.outputs.clone();
         let captures = node.captures.clone();
@@ -328,6 +340,9 @@ impl Graph {
         }
         for out in node.outputs.iter().flatten() {
             self.value_mut(*out).producer = None;
+        }
+        if let Some(c) = self.node_names.get_mut(&node.name) {
+            *c = c.saturating_sub(1);
         }
         self.nodes.remove_node(id).expect("node exists")
     }
