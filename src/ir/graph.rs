@@ -272,7 +272,7 @@ impl Graph {
             let base = node.name.clone();
             node.name = (1..)
                 .map(|i| format!("{base}_{i}"))
-                .find(|n| !self.node_names.get(n).is_some_and(|&c| c > 0))
+                .find(|n| self.node_names.get(n).is_none_or(|&c| c == 0))
                 .expect("infinite");
         }
         if !node.name.is_empty() {
