@@ -184,6 +184,43 @@ impl ConstantFold {
     ) -> Result<usize> {
         let g = &model.graph;
         let set: HashSet<NodeId> = nodes.iter().copied().collect();
+        // Before evaluating anything: a large value that would leave the group and is
+        // statically known to be bigger than everything the group could free can never pay
+        // for itself (a transposed shared embedding table, say); skip the group rather than
+        // evaluate it.
+        {
+            let leaving: Vec<ValueId> = nodes
+                .iter()
+                .flat_map(|&n| {
+                    g.node(n)
+                        .outputs
+                        .iter()
+                        .flatten()
+                        .copied()
+                        .collect::<Vec<_>>()
+                })
+                .filter(|o| g.value(*o).consumers.iter().any(|(c, _)| !set.contains(c)))
+                .collect();
+            let (_, most_freed, _) = dead_after_cut(g, nodes, &set, &leaving);
+            for o in &leaving {
+                let size = crate::rewrite::types::static_shape(g, *o)
+                    .zip(crate::rewrite::types::elem_type(g, *o))
+                    .and_then(|(s, dt)| {
+                        dtype::element_count(&s).and_then(|c| dtype::byte_len(dt, c))
+                    });
+                if let Some(size) = size
+                    && size > 1 << 20
+                    && size > most_freed + SLACK_BYTES
+                {
+                    let p = g.producer(*o).expect("group output");
+                    cx.refuse(
+                        g.label(p),
+                        format!("folding would add {size} bytes of constants but could free at most {most_freed}"),
+                    );
+                    return Ok(0);
+                }
+            }
+        }
         let mut values: HashMap<ValueId, TensorValue> = HashMap::new();
         for &n in nodes {
             let node = g.node(n);

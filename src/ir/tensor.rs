@@ -122,6 +122,31 @@ impl Tensor {
         matches!(self.data, TensorData::External { spill: None, .. })
     }
 
+    /// External ranges larger than this are read into a buffer instead of through the map.
+    pub const DIRECT_READ_BYTES: u64 = 1 << 20;
+
+    /// Reads `n` bytes at `at` of the dense form (a cheap sample, without reading it all).
+    pub fn sample(&self, name: &str, at: u64, n: usize) -> Result<Vec<u8>> {
+        if let TensorData::External {
+            file,
+            offset,
+            length,
+            ..
+        } = &self.data
+        {
+            use std::os::unix::fs::FileExt;
+            let n = n.min(length.saturating_sub(at) as usize);
+            let mut buf = vec![0u8; n];
+            file.file
+                .read_exact_at(&mut buf, offset + at)
+                .map_err(|e| Error::io(&file.path, e))?;
+            return Ok(buf);
+        }
+        let b = self.bytes(name)?;
+        let start = (at as usize).min(b.len());
+        Ok(b[start..(start + n).min(b.len())].to_vec())
+    }
+
     /// Tensors larger than this are parked in a temporary file instead of memory.
     pub const SPILL_BYTES: usize = 16 << 20;
 
@@ -168,6 +193,19 @@ impl Tensor {
                 length,
                 ..
             } => {
+                // Large ranges are read with positioned reads into a buffer the caller drops,
+                // rather than through the map: mapped pages would stay in the process's
+                // resident set for the rest of the run.
+                if *length > Self::DIRECT_READ_BYTES {
+                    use std::os::unix::fs::FileExt;
+                    let len = usize::try_from(*length)
+                        .map_err(|_| Error::tensor(name, "is too large to read on this machine"))?;
+                    let mut buf = vec![0u8; len];
+                    file.file
+                        .read_exact_at(&mut buf, *offset)
+                        .map_err(|e| Error::io(&file.path, e))?;
+                    return Ok(Cow::Owned(buf));
+                }
                 let all = file.bytes()?;
                 let start = *offset as usize;
                 let end = start
