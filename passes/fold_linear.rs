@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use ndarray::{Array1, Array2, ArrayD, IxDyn};
+use ndarray::{Array1, ArrayD, IxDyn};
 
 use crate::Result;
 use crate::driver::{Pass, PassContext};
@@ -407,7 +407,7 @@ fn build_root(
                     }
                     None => (Node::new("MatMul"), None, false, false),
                 };
-                let stored: Array2<f64> = if trans_b { m.t().to_owned() } else { m.clone() };
+                let stored = if trans_b { m.t() } else { m.view() };
                 let dtype = weight_value
                     .and_then(|w| g.constant(w).map(|t| t.dtype))
                     .unwrap_or(out_dtype);
@@ -422,7 +422,7 @@ fn build_root(
                     && old.shape() == stored.shape()
                 {
                     let rounded = crate::rewrite::consts::to_f64(
-                        &from_f64(&stored.clone().into_dyn(), dtype),
+                        &from_f64(&stored.to_owned().into_dyn(), dtype),
                         "merged",
                     )
                     .map_err(|e| e.to_string())?;
@@ -436,8 +436,8 @@ fn build_root(
                         *fidelity = Some(fidelity.map_or(f, |x: f64| x.max(f)));
                     }
                 }
-                let tensor =
-                    from_f64_like(&stored.into_dyn(), dtype, ext).map_err(|e| e.to_string())?;
+                let tensor = crate::rewrite::consts::matrix_tensor(stored, dtype, ext)
+                    .map_err(|e| e.to_string())?;
                 // Overwrite the weight in place only when nothing outside the region reads it.
                 let w = match weight_value {
                     Some(w)

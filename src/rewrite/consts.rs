@@ -20,10 +20,13 @@ pub fn to_f64(t: &Tensor, name: &str) -> Result<ArrayD<f64>> {
     let bytes = t.bytes(name)?;
     let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
     let v: Vec<f64> = match t.dtype {
-        code::FLOAT => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect(),
+        code::FLOAT => {
+            use rayon::prelude::*;
+            bytes
+                .par_chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                .collect()
+        }
         code::DOUBLE => bytes
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
@@ -79,6 +82,42 @@ pub fn from_f64_like(a: &ArrayD<f64>, dtype: i32, external: bool) -> Result<Tens
     };
     let bytes = std::sync::Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone());
     Tensor::computed(t.dtype, t.dims, bytes, external)
+}
+
+/// A matrix (or a transposed view of one) stored as a tensor of `dtype`, rounded once, large
+/// ones parked in a temporary file; conversion runs on all cores.
+pub fn matrix_tensor(m: ndarray::ArrayView2<f64>, dtype: i32, external: bool) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let dims = vec![m.nrows() as i64, m.ncols() as i64];
+    let width = match dtype {
+        code::DOUBLE => 8,
+        code::FLOAT16 | code::BFLOAT16 => 2,
+        _ => 4,
+    };
+    let cols = m.ncols();
+    let mut bytes = vec![0u8; m.len() * width];
+    if cols > 0 {
+        bytes
+            .par_chunks_mut(cols * width)
+            .enumerate()
+            .for_each(|(i, out)| {
+                let row = m.row(i);
+                for (o, v) in out.chunks_exact_mut(width).zip(row.iter()) {
+                    match dtype {
+                        code::DOUBLE => o.copy_from_slice(&v.to_le_bytes()),
+                        code::FLOAT16 => o.copy_from_slice(&f16::from_f64(*v).to_le_bytes()),
+                        code::BFLOAT16 => o.copy_from_slice(&bf16::from_f64(*v).to_le_bytes()),
+                        _ => o.copy_from_slice(&(*v as f32).to_le_bytes()),
+                    }
+                }
+            });
+    }
+    let dtype = if width == 4 && dtype != code::FLOAT {
+        code::FLOAT
+    } else {
+        dtype
+    };
+    Tensor::computed(dtype, dims, bytes, external)
 }
 
 /// An f64 array stored as a tensor of `dtype` (rounded once), in memory.

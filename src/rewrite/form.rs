@@ -81,6 +81,9 @@ impl Term {
     }
 }
 
+/// A low-rank product `L·R` kept as its two factors.
+type LowRankPair = (Array2<f64>, Array2<f64>);
+
 /// What a source's terms add up to, in the cheapest form that represents it exactly.
 #[derive(Clone, Debug)]
 pub enum Combined {
@@ -363,19 +366,84 @@ impl Form {
         }
         let d_in = d_in.or(width).ok_or("unknown input width")?;
         let d_out = d_out.ok_or("unknown output width")?;
-        let mut acc = Array2::<f64>::zeros((d_in, d_out));
-        for t in terms {
+        let mismatch = |got: (usize, usize)| {
+            format!(
+                "branches map {d_in} features to {got:?} and {:?}",
+                (d_in, d_out)
+            )
+        };
+        // Start from the base weight (a term that is one full-size dense factor) with a single
+        // pass, then add every other branch in place: a low-rank chain L·R goes through one
+        // matrix product into the accumulator, never through a full-size temporary.
+        let base = terms.iter().position(|t| {
+            t.factors.len() == 1
+                && matches!(&t.factors[0], Factor::Dense(m) if m.dim() == (d_in, d_out))
+        });
+        let mut acc = match base {
+            Some(i) => match &terms[i].factors[0] {
+                Factor::Dense(m) => {
+                    let k = terms[i].scale;
+                    if k == 1.0 {
+                        (**m).clone()
+                    } else {
+                        m.mapv(|x| x * k)
+                    }
+                }
+                Factor::Diag(_) => unreachable!("checked dense"),
+            },
+            None => Array2::<f64>::zeros((d_in, d_out)),
+        };
+        for (i, t) in terms.iter().enumerate() {
+            if Some(i) == base {
+                continue;
+            }
+            if let Some((l, r)) = Self::split_low_rank(t, d_in)? {
+                if (l.nrows(), r.ncols()) != (d_in, d_out) {
+                    return Err(mismatch((l.nrows(), r.ncols())));
+                }
+                ndarray::linalg::general_mat_mul(t.scale, &l, &r, 1.0, &mut acc);
+                continue;
+            }
             let m = Self::chain(t, d_in)?;
             if m.dim() != (d_in, d_out) {
-                return Err(format!(
-                    "branches map {d_in} features to {:?} and {:?}",
-                    m.dim(),
-                    (d_in, d_out)
-                ));
+                return Err(mismatch(m.dim()));
             }
             acc.scaled_add(t.scale, &m);
         }
         Ok(Combined::Dense(acc))
+    }
+
+    /// A chain of two or more factors as `L·R` split at its narrowest point, both small;
+    /// `None` for a single factor or no narrowing.
+    fn split_low_rank(
+        t: &Term,
+        d_in: usize,
+    ) -> Result<Option<LowRankPair>, FormError> {
+        let Some(rank) = t.rank() else {
+            return Ok(None);
+        };
+        let k = t.factors.len();
+        if k < 2 {
+            return Ok(None);
+        }
+        // The first factor whose output width is the rank ends L.
+        let Some(cut) = t.factors[..k - 1].iter().position(|f| f.d_out() == rank) else {
+            return Ok(None);
+        };
+        let left = Term {
+            scale: 1.0,
+            factors: t.factors[..=cut].to_vec(),
+        };
+        let right = Term {
+            scale: 1.0,
+            factors: t.factors[cut + 1..].to_vec(),
+        };
+        let l = Self::chain(&left, d_in)?;
+        let r = Self::chain(&right, rank)?;
+        if l.ncols() != r.nrows() {
+            return Err("chain widths do not match".into());
+        }
+        Ok(Some((l, r)))
     }
 
     /// The dense product of a term's factors (left to right, so low-rank chains stay cheap).
