@@ -197,6 +197,24 @@ def edge_cases(d):
                                             helper.make_opsetid("custom.fns", 1)], functions=[fn])
     _save(m, os.path.join(d, "function.onnx"))
     made.append("function.onnx")
+    # 6. A sparse initializer and initializers of exotic element types (bfloat16, float8,
+    #    int4, uint4) that the graph keeps but does not compute with.
+    xs = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])
+    ys = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])
+    dense_shape = [2, 3]
+    values = numpy_helper.from_array(np.array([1.5, -2.0], dtype=np.float32), "sp")
+    indices = numpy_helper.from_array(np.array([1, 5], dtype=np.int64), "sp_indices")
+    sparse = helper.make_sparse_tensor(values, indices, dense_shape)
+    bf = helper.make_tensor("bf16_w", TensorProto.BFLOAT16, [4], [0x3F80, 0x4000, 0xBF80, 0x0000])
+    f8 = helper.make_tensor("f8_w", TensorProto.FLOAT8E4M3FN, [3], [0x38, 0x40, 0xB8])
+    i4 = helper.make_tensor("i4_w", TensorProto.INT4, [3], [1, -2, 7])
+    u4 = helper.make_tensor("u4_w", TensorProto.UINT4, [2], [3, 15])
+    b = numpy_helper.from_array(np.ones((2, 3), dtype=np.float32), "b")
+    g = helper.make_graph([helper.make_node("Add", ["x", "b"], ["y"])], "exotic", [xs], [ys],
+                          [b, bf, f8, i4, u4], sparse_initializer=[sparse])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    _save(m, os.path.join(d, "sparse_and_exotic.onnx"))
+    made.append("sparse_and_exotic.onnx")
     return {"made": made}
 
 
