@@ -415,10 +415,7 @@ impl Form {
 
     /// A chain of two or more factors as `L·R` split at its narrowest point, both small;
     /// `None` for a single factor or no narrowing.
-    fn split_low_rank(
-        t: &Term,
-        d_in: usize,
-    ) -> Result<Option<LowRankPair>, FormError> {
+    fn split_low_rank(t: &Term, d_in: usize) -> Result<Option<LowRankPair>, FormError> {
         let Some(rank) = t.rank() else {
             return Ok(None);
         };
