@@ -465,21 +465,8 @@ fn build_root(
                     if !rank2 {
                         flattened = true;
                         // Gemm needs a matrix: flatten the rows, multiply, restore below.
-                        let shp = g.add_initializer(
-                            &format!("{out_name}_rows"),
-                            crate::ir::Tensor::from_raw(
-                                crate::ir::dtype::code::INT64,
-                                vec![2],
-                                [-1i64, m.nrows() as i64]
-                                    .iter()
-                                    .flat_map(|x| x.to_le_bytes())
-                                    .collect(),
-                            ),
-                        );
-                        let flat = g.fresh_value(&format!("{out_name}_2d"));
-                        let mut r = Node::new("Reshape");
-                        r.inputs = vec![Some(sv), Some(shp)];
-                        r.outputs = vec![Some(flat)];
+                        let (r, flat) =
+                            reshape_node(g, sv, &[-1, m.nrows() as i64], &format!("{out_name}_2d"));
                         nodes.push(r);
                         input = flat;
                     }
@@ -520,19 +507,8 @@ fn build_root(
                     let mut shape = static_shape(g, sv)
                         .ok_or("a Gemm needs flattened rows but the input's shape is unknown")?;
                     *shape.last_mut().ok_or("rank-0 input")? = m.ncols() as i64;
-                    let shp = g.add_initializer(
-                        &format!("{out_name}_rows_shape"),
-                        crate::ir::Tensor::from_raw(
-                            crate::ir::dtype::code::INT64,
-                            vec![shape.len() as i64],
-                            shape.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                        ),
-                    );
                     flattened = false;
-                    let r = g.fresh_value(&format!("{out_name}_rows"));
-                    let mut n = Node::new("Reshape");
-                    n.inputs = vec![Some(t), Some(shp)];
-                    n.outputs = vec![Some(r)];
+                    let (n, r) = reshape_node(g, t, &shape, &format!("{out_name}_rows"));
                     nodes.push(n);
                     r
                 } else {
@@ -577,30 +553,12 @@ fn build_root(
         acc = t;
     }
     // Restore the root's shape when the region regrouped rows.
-    let want = static_shape(g, p.output);
+    // (When shapes are unknown no rows were regrouped: the caller refuses such regions.)
     let natural = natural_shape(g, p);
-    if let Some(shape) = want.clone().filter(|w| natural.as_ref() != Some(w)) {
-        let shp = g.add_initializer(
-            &format!("{out_name}_shape"),
-            crate::ir::Tensor::from_raw(
-                crate::ir::dtype::code::INT64,
-                vec![shape.len() as i64],
-                shape.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            ),
-        );
-        let t = g.fresh_value(&format!("{out_name}_reshaped"));
-        let mut n = Node::new("Reshape");
-        n.inputs = vec![Some(acc), Some(shp)];
-        n.outputs = vec![Some(t)];
+    if let Some(shape) = static_shape(g, p.output).filter(|w| natural.as_ref() != Some(w)) {
+        let (n, t) = reshape_node(g, acc, &shape, &format!("{out_name}_reshaped"));
         nodes.push(n);
         acc = t;
-    } else if want.is_none()
-        && natural.is_none()
-        && p.sources
-            .iter()
-            .any(|s| static_shape(g, s.source.value()) != static_shape(g, p.output))
-    {
-        // Shapes unknown: only safe when no row regrouping happened (checked by the caller).
     }
     // The last node writes the root's own output value.
     match nodes.last_mut() {
@@ -619,6 +577,22 @@ fn build_root(
         last.name = removed[&p.root].name.clone();
     }
     Ok(nodes)
+}
+
+/// A Reshape of `input` to the constant `shape`, writing a fresh value named after `hint`.
+fn reshape_node(g: &mut Graph, input: ValueId, shape: &[i64], hint: &str) -> (Node, ValueId) {
+    let bytes = shape.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let t = crate::ir::Tensor::from_raw(
+        crate::ir::dtype::code::INT64,
+        vec![shape.len() as i64],
+        bytes,
+    );
+    let shp = g.add_initializer(&format!("{hint}_shape"), t);
+    let out = g.fresh_value(hint);
+    let mut n = Node::new("Reshape");
+    n.inputs = vec![Some(input), Some(shp)];
+    n.outputs = vec![Some(out)];
+    (n, out)
 }
 
 /// The weight initializer a MatMul/Gemm anchor reads.

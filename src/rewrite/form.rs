@@ -159,38 +159,12 @@ fn matmul_last(a: &ArrayD<f64>, w: &Array2<f64>) -> Result<ArrayD<f64>, FormErro
         .map_err(|e| e.to_string())
 }
 
-fn broadcast_add(a: &ArrayD<f64>, b: &ArrayD<f64>) -> Result<ArrayD<f64>, FormError> {
-    let r = a.ndim().max(b.ndim());
-    let pad = |x: &ArrayD<f64>| {
-        let mut s = vec![1; r - x.ndim()];
-        s.extend_from_slice(x.shape());
-        s
-    };
-    let (sa, sb) = (pad(a), pad(b));
-    let mut out = Vec::with_capacity(r);
-    for (x, y) in sa.iter().zip(&sb) {
-        out.push(match (x, y) {
-            (x, y) if x == y => *x,
-            (1, y) => *y,
-            (x, 1) => *x,
-            _ => {
-                return Err(format!(
-                    "bias shapes {:?} and {:?} do not broadcast",
-                    a.shape(),
-                    b.shape()
-                ));
-            }
-        });
-    }
-    let av = a.to_shape(IxDyn(&sa)).map_err(|e| e.to_string())?;
-    let bv = b.to_shape(IxDyn(&sb)).map_err(|e| e.to_string())?;
-    let av = av.broadcast(IxDyn(&out)).ok_or("broadcast failed")?;
-    let bv = bv.broadcast(IxDyn(&out)).ok_or("broadcast failed")?;
-    Ok(&av + &bv)
-}
-
-fn broadcast_mul(a: &ArrayD<f64>, b: &ArrayD<f64>) -> Result<ArrayD<f64>, FormError> {
-    // a * b = exp-free: reuse the add path's shape logic by multiplying after broadcasting.
+/// Applies `f` elementwise to `a` and `b` broadcast together (numpy rules).
+fn broadcast_with(
+    a: &ArrayD<f64>,
+    b: &ArrayD<f64>,
+    f: impl Fn(f64, f64) -> f64,
+) -> Result<ArrayD<f64>, FormError> {
     let r = a.ndim().max(b.ndim());
     let pad = |x: &ArrayD<f64>| {
         let mut s = vec![1; r - x.ndim()];
@@ -217,7 +191,17 @@ fn broadcast_mul(a: &ArrayD<f64>, b: &ArrayD<f64>) -> Result<ArrayD<f64>, FormEr
     let bv = b.to_shape(IxDyn(&sb)).map_err(|e| e.to_string())?;
     let av = av.broadcast(IxDyn(&out)).ok_or("broadcast failed")?;
     let bv = bv.broadcast(IxDyn(&out)).ok_or("broadcast failed")?;
-    Ok(&av * &bv)
+    Ok(ndarray::Zip::from(&av)
+        .and(&bv)
+        .map_collect(|x, y| f(*x, *y)))
+}
+
+fn broadcast_add(a: &ArrayD<f64>, b: &ArrayD<f64>) -> Result<ArrayD<f64>, FormError> {
+    broadcast_with(a, b, |x, y| x + y)
+}
+
+fn broadcast_mul(a: &ArrayD<f64>, b: &ArrayD<f64>) -> Result<ArrayD<f64>, FormError> {
+    broadcast_with(a, b, |x, y| x * y)
 }
 
 /// A per-feature vector from a constant whose every axis but the last has size 1: `None` when
