@@ -63,7 +63,8 @@ fn forms(
         let y = g.node(n).outputs[0].expect("classified nodes have an output");
         let f = match &ops[&n] {
             LinOp::Dense { input, w, bias, .. } => {
-                let f = form_of(&out, *input).then_dense(&w.load(g)?)?;
+                let load = |w: &crate::rewrite::linear::WeightRef| w.load(g);
+                let f = form_of(&out, *input).then_stored(w, &load)?;
                 match bias {
                     Some(b) => f.then_shift(b)?,
                     None => f,
@@ -85,7 +86,7 @@ fn forms(
             }
             LinOp::Sum { a, b, sign } => form_of(&out, *a).plus(form_of(&out, *b), *sign)?,
             LinOp::Pass { input } => form_of(&out, *input),
-            LinOp::Lookup { ids, table } => Form::lookup(*ids, &table.load(g)?),
+            LinOp::Lookup { ids, table } => Form::lookup_stored(*ids, table),
             LinOp::Outer { input, w } => form_of(&out, *input).then_dense(w)?,
         };
         out.insert(y, f);
@@ -143,9 +144,10 @@ fn plan_root(
             Source::Value(v) => width_of(g, v),
             Source::OneHot(_) => None,
         };
-        let combined = Form::combine(terms, width)?;
-        let anchor = match &combined {
-            Combined::Dense(m) => region
+        let load = |w: &crate::rewrite::linear::WeightRef| w.load(g);
+        let combined = Form::combine(terms, width, &load)?;
+        let anchor = match combined.dim() {
+            Some(dim) => region
                 .nodes
                 .iter()
                 .copied()
@@ -153,9 +155,9 @@ fn plan_root(
                     // Any dense op of the region with the merged shape can host the result
                     // (its weight initializer and layout are reused); one reading the source
                     // itself is preferred.
-                    (LinOp::Dense { w, .. }, Source::Value(_)) => w.dim() == m.dim(),
+                    (LinOp::Dense { w, .. }, Source::Value(_)) => w.dim() == dim,
                     (LinOp::Lookup { ids, table, .. }, Source::OneHot(v)) => {
-                        *ids == v && table.dim() == m.dim()
+                        *ids == v && table.dim() == dim
                     }
                     _ => false,
                 })
@@ -202,13 +204,14 @@ fn plan_cost(g: &Graph, p: &RootPlan) -> (u64, usize, u64) {
                 nodes += 1;
                 params += v.len() as u64;
             }
-            Combined::Dense(m) => {
+            c @ (Combined::Dense(_) | Combined::Patched { .. }) => {
+                let (rows, cols) = c.dim().expect("matrix");
                 macs += match s.source {
-                    Source::Value(_) => (m.nrows() * m.ncols()) as u64,
-                    Source::OneHot(_) => m.ncols() as u64,
+                    Source::Value(_) => (rows * cols) as u64,
+                    Source::OneHot(_) => cols as u64,
                 };
                 nodes += 1;
-                params += (m.nrows() * m.ncols()) as u64;
+                params += (rows * cols) as u64;
             }
         }
         producing += 1;
@@ -316,9 +319,9 @@ fn build_root(
     for s in &p.sources {
         let sv = s.source.value();
         if let Source::OneHot(ids) = s.source {
-            let Combined::Dense(m) = &s.combined else {
+            if s.combined.dim().is_none() {
                 return Err("a lookup table folded into something that is not a table".into());
-            };
+            }
             let (mut node, table) = match s.anchor {
                 Some(a) => {
                     let an = removed[&a].clone();
@@ -338,8 +341,16 @@ fn build_root(
             let ext = table
                 .and_then(|w| g.constant(w))
                 .is_some_and(|t| t.is_external());
-            let tensor =
-                from_f64_like(&m.clone().into_dyn(), dtype, ext).map_err(|e| e.to_string())?;
+            let tensor = match &s.combined {
+                Combined::Patched { base, scale, pairs } if table == Some(base.value) => {
+                    stream_patch(g, base, *scale, pairs, dtype, ext, fidelity)?
+                }
+                c => {
+                    let load = |w: &crate::rewrite::linear::WeightRef| w.load(g);
+                    let m = c.to_dense(&load)?.expect("matrix");
+                    from_f64_like(&m.into_dyn(), dtype, ext).map_err(|e| e.to_string())?
+                }
+            };
             let w = match table {
                 Some(w)
                     if weight_users.get(&w).copied().unwrap_or(0) == 0
@@ -391,7 +402,8 @@ fn build_root(
                 nodes.push(n);
                 t
             }
-            Combined::Dense(m) => {
+            c @ (Combined::Dense(_) | Combined::Patched { .. }) => {
+                let (rows, cols) = c.dim().expect("matrix");
                 let (mut node, weight_value, trans_b, gemm) = match s.anchor {
                     Some(a) => {
                         let an = removed[&a].clone();
@@ -407,37 +419,46 @@ fn build_root(
                     }
                     None => (Node::new("MatMul"), None, false, false),
                 };
-                let stored = if trans_b { m.t() } else { m.view() };
                 let dtype = weight_value
                     .and_then(|w| g.constant(w).map(|t| t.dtype))
                     .unwrap_or(out_dtype);
                 let ext = weight_value
                     .and_then(|w| g.constant(w))
                     .is_some_and(|t| t.is_external());
-                if matches!(
-                    dtype,
-                    crate::ir::dtype::code::FLOAT16 | crate::ir::dtype::code::BFLOAT16
-                ) && let Some(old) =
-                    weight_value.and_then(|w| crate::rewrite::consts::const_f64(g, w))
-                    && old.shape() == stored.shape()
-                {
-                    let rounded = crate::rewrite::consts::to_f64(
-                        &from_f64(&stored.to_owned().into_dyn(), dtype),
-                        "merged",
-                    )
-                    .map_err(|e| e.to_string())?;
-                    let (mut err, mut delta) = (0.0f64, 0.0f64);
-                    for ((r, s), o) in rounded.iter().zip(stored.iter()).zip(old.iter()) {
-                        err += (r - s) * (r - s);
-                        delta += (s - o) * (s - o);
+                let tensor = match c {
+                    // The anchor's own weight plus low-rank products: stream it block by block.
+                    Combined::Patched { base, scale, pairs }
+                        if weight_value == Some(base.value) && base.transposed == trans_b =>
+                    {
+                        stream_patch(g, base, *scale, pairs, dtype, ext, fidelity)?
                     }
-                    if delta > 0.0 {
-                        let f = (err / delta).sqrt();
-                        *fidelity = Some(fidelity.map_or(f, |x: f64| x.max(f)));
+                    _ => {
+                        let load = |w: &crate::rewrite::linear::WeightRef| w.load(g);
+                        let m = c.to_dense(&load)?.expect("matrix");
+                        let stored = if trans_b { m.t() } else { m.view() };
+                        if matches!(
+                            dtype,
+                            crate::ir::dtype::code::FLOAT16 | crate::ir::dtype::code::BFLOAT16
+                        ) && let Some(old) =
+                            weight_value.and_then(|w| crate::rewrite::consts::const_f64(g, w))
+                            && old.shape() == stored.shape()
+                        {
+                            let rounded = crate::rewrite::consts::to_f64(
+                                &from_f64(&stored.to_owned().into_dyn(), dtype),
+                                "merged",
+                            )
+                            .map_err(|e| e.to_string())?;
+                            let (mut err, mut delta) = (0.0f64, 0.0f64);
+                            for ((r, s), o) in rounded.iter().zip(stored.iter()).zip(old.iter()) {
+                                err += (r - s) * (r - s);
+                                delta += (s - o) * (s - o);
+                            }
+                            note_fidelity(fidelity, err, delta);
+                        }
+                        crate::rewrite::consts::matrix_tensor(stored, dtype, ext)
+                            .map_err(|e| e.to_string())?
                     }
-                }
-                let tensor = crate::rewrite::consts::matrix_tensor(stored, dtype, ext)
-                    .map_err(|e| e.to_string())?;
+                };
                 // Overwrite the weight in place only when nothing outside the region reads it.
                 let w = match weight_value {
                     Some(w)
@@ -466,7 +487,7 @@ fn build_root(
                         flattened = true;
                         // Gemm needs a matrix: flatten the rows, multiply, restore below.
                         let (r, flat) =
-                            reshape_node(g, sv, &[-1, m.nrows() as i64], &format!("{out_name}_2d"));
+                            reshape_node(g, sv, &[-1, rows as i64], &format!("{out_name}_2d"));
                         nodes.push(r);
                         input = flat;
                     }
@@ -477,7 +498,7 @@ fn build_root(
                         && b.ndim() <= 1
                     {
                         let bv: Array1<f64> = if b.ndim() == 0 {
-                            Array1::from_elem(m.ncols(), b.iter().next().copied().unwrap_or(0.0))
+                            Array1::from_elem(cols, b.iter().next().copied().unwrap_or(0.0))
                         } else {
                             Array1::from_iter(b.iter().copied())
                         };
@@ -506,7 +527,7 @@ fn build_root(
                     // Restore the source's rows right away, before other sources are added.
                     let mut shape = static_shape(g, sv)
                         .ok_or("a Gemm needs flattened rows but the input's shape is unknown")?;
-                    *shape.last_mut().ok_or("rank-0 input")? = m.ncols() as i64;
+                    *shape.last_mut().ok_or("rank-0 input")? = cols as i64;
                     flattened = false;
                     let (n, r) = reshape_node(g, t, &shape, &format!("{out_name}_rows"));
                     nodes.push(n);
@@ -577,6 +598,129 @@ fn build_root(
         last.name = removed[&p.root].name.clone();
     }
     Ok(nodes)
+}
+
+/// Keeps the worst delta fidelity seen: ‖rounded − exact‖ / ‖exact − original‖.
+fn note_fidelity(fidelity: &mut Option<f64>, err: f64, delta: f64) {
+    if delta > 0.0 {
+        let f = (err / delta).sqrt();
+        *fidelity = Some(fidelity.map_or(f, |x: f64| x.max(f)));
+    }
+}
+
+/// Writes `k·W + Σ s·L·R` (in W's stored layout) block by block into a temporary file: the
+/// base weight is read a few rows at a time and the full matrix never exists in memory.
+fn stream_patch(
+    g: &Graph,
+    base: &crate::rewrite::linear::WeightRef,
+    scale: f64,
+    pairs: &[(f64, ndarray::Array2<f64>, ndarray::Array2<f64>)],
+    dtype: i32,
+    external: bool,
+    fidelity: &mut Option<f64>,
+) -> std::result::Result<crate::ir::Tensor, String> {
+    use std::io::Write;
+    let name = g.value(base.value).name.clone();
+    let t = g
+        .constant(base.value)
+        .ok_or("the base weight disappeared")?;
+    if t.dims.len() != 2 {
+        return Err("the base weight is not a matrix".into());
+    }
+    let (srows, scols) = (t.dims[0] as usize, t.dims[1] as usize);
+    let esize = crate::ir::dtype::bits(t.dtype).ok_or("unknown element type")? as usize / 8;
+    let k = scale * base.alpha;
+    let low_precision = matches!(
+        dtype,
+        crate::ir::dtype::code::FLOAT16 | crate::ir::dtype::code::BFLOAT16
+    );
+    let len = (srows * scols * esize) as u64;
+    // Results that will be saved as external data, and large ones, go to a temporary file as
+    // they are produced; small embedded ones stay in memory.
+    let spill = external || len as usize > crate::ir::Tensor::SPILL_BYTES;
+    let mut memory: Vec<u8> = Vec::new();
+    let mut out = if spill {
+        let dir = crate::ir::Tensor::spill_dir();
+        let file = tempfile::tempfile_in(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Some(std::io::BufWriter::with_capacity(1 << 22, file))
+    } else {
+        None
+    };
+    let block = (1usize << 22) / (scols.max(1) * 8) + 1;
+    let (mut err, mut delta_sq) = (0.0f64, 0.0f64);
+    // One block of stored rows: read, scale, add the low-rank rows, encode.
+    let do_block = |r0: usize| -> std::result::Result<(Vec<u8>, f64, f64), String> {
+        let r1 = (r0 + block).min(srows);
+        let raw = t
+            .sample(
+                &name,
+                (r0 * scols * esize) as u64,
+                (r1 - r0) * scols * esize,
+            )
+            .map_err(|e| e.to_string())?;
+        let orig =
+            crate::rewrite::consts::decode_f64(&raw, t.dtype).ok_or("cannot read the weight")?;
+        let mut acc = ndarray::Array2::from_shape_vec((r1 - r0, scols), orig.clone())
+            .map_err(|e| e.to_string())?;
+        if k != 1.0 {
+            acc.mapv_inplace(|x| x * k);
+        }
+        for (s, l, r) in pairs {
+            if base.transposed {
+                // Stored rows are output features: rows r0..r1 of (L·R)ᵀ = R[:, r0..r1]ᵀ·Lᵀ.
+                let rs = r.slice(ndarray::s![.., r0..r1]);
+                ndarray::linalg::general_mat_mul(*s, &rs.t(), &l.t(), 1.0, &mut acc);
+            } else {
+                let ls = l.slice(ndarray::s![r0..r1, ..]);
+                ndarray::linalg::general_mat_mul(*s, &ls, r, 1.0, &mut acc);
+            }
+        }
+        let vals = acc.as_slice().ok_or("non-contiguous block")?;
+        let mut bytes = Vec::with_capacity(vals.len() * esize);
+        crate::rewrite::consts::encode_f64(vals, dtype, &mut bytes);
+        let (mut e2, mut d2) = (0.0, 0.0);
+        if low_precision {
+            let rounded = crate::rewrite::consts::decode_f64(&bytes, dtype).unwrap_or_default();
+            for ((r, e), o) in rounded.iter().zip(vals).zip(&orig) {
+                e2 += (r - e) * (r - e);
+                d2 += (e - o) * (e - o);
+            }
+        }
+        Ok((bytes, e2, d2))
+    };
+    // Blocks run on all cores a batch at a time and are written in order.
+    use rayon::prelude::*;
+    let starts: Vec<usize> = (0..srows).step_by(block).collect();
+    for batch in starts.chunks(2 * rayon::current_num_threads().max(1)) {
+        let done = batch
+            .par_iter()
+            .map(|&r0| do_block(r0))
+            .collect::<std::result::Result<Vec<_>, String>>()?;
+        for (bytes, e2, d2) in done {
+            err += e2;
+            delta_sq += d2;
+            match out.as_mut() {
+                Some(w) => w.write_all(&bytes).map_err(|e| e.to_string())?,
+                None => memory.extend_from_slice(&bytes),
+            }
+        }
+    }
+    if low_precision {
+        note_fidelity(fidelity, err, delta_sq);
+    }
+    match out {
+        Some(w) => {
+            let file = w.into_inner().map_err(|e| e.to_string())?;
+            Ok(crate::ir::Tensor::spilled(
+                dtype,
+                t.dims.clone(),
+                file,
+                len,
+                external,
+            ))
+        }
+        None => Ok(crate::ir::Tensor::from_raw(dtype, t.dims.clone(), memory)),
+    }
 }
 
 /// A Reshape of `input` to the constant `shape`, writing a fresh value named after `hint`.

@@ -150,16 +150,45 @@ impl Tensor {
     /// Tensors larger than this are parked in a temporary file instead of memory.
     pub const SPILL_BYTES: usize = 16 << 20;
 
-    /// A computed tensor; large ones go to an unnamed temporary file (in `GRAFT_SPILL_DIR`
+    /// A computed tensor already written to an unnamed temporary file of `len` bytes.
+    pub fn spilled(dtype: i32, dims: Vec<i64>, file: File, len: u64, external: bool) -> Self {
+        let file = Arc::new(ExternalFile::new(
+            PathBuf::from("(graft spill)"),
+            String::new(),
+            file,
+            len,
+        ));
+        Tensor {
+            dtype,
+            dims,
+            data: TensorData::External {
+                file,
+                offset: 0,
+                length: len,
+                shell: Arc::new(TensorProto::default()),
+                spill: Some(external),
+            },
+        }
+    }
+
+    /// The folder large computed tensors are parked in.
+    pub fn spill_dir() -> PathBuf {
+        std::env::var_os("GRAFT_SPILL_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir)
+    }
+
+    /// A computed tensor; large ones (and external-bound ones of 1 KiB or more) go to an
+    /// unnamed temporary file (in `GRAFT_SPILL_DIR`
     /// or the system's temporary folder) and are read back through a memory map.
     pub fn computed(dtype: i32, dims: Vec<i64>, bytes: Vec<u8>, external: bool) -> Result<Self> {
-        if bytes.len() <= Self::SPILL_BYTES {
+        // Small results that will be embedded stay in memory; results that will be saved as
+        // external data (the weight they replace was) and large ones go to a file.
+        if bytes.len() <= Self::SPILL_BYTES && !(external && bytes.len() >= 1024) {
             return Ok(Tensor::from_raw(dtype, dims, bytes));
         }
         use std::io::Write;
-        let dir = std::env::var_os("GRAFT_SPILL_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
+        let dir = Self::spill_dir();
         let mut f = tempfile::tempfile_in(&dir).map_err(|e| Error::io(&dir, e))?;
         f.write_all(&bytes).map_err(|e| Error::io(&dir, e))?;
         let len = bytes.len() as u64;

@@ -19,14 +19,28 @@ pub fn is_mergeable_float(dtype: i32) -> bool {
 pub fn to_f64(t: &Tensor, name: &str) -> Result<ArrayD<f64>> {
     let bytes = t.bytes(name)?;
     let shape: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
-    let v: Vec<f64> = match t.dtype {
-        code::FLOAT => {
-            use rayon::prelude::*;
-            bytes
-                .par_chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-                .collect()
-        }
+    let v = decode_f64(&bytes, t.dtype).ok_or_else(|| {
+        Error::tensor(
+            name,
+            format!(
+                "element type {} cannot be merged",
+                crate::ir::dtype::name(t.dtype)
+            ),
+        )
+    })?;
+    ArrayD::from_shape_vec(IxDyn(&shape), v)
+        .map_err(|e| Error::tensor(name, format!("shape mismatch: {e}")))
+}
+
+/// Little-endian float bytes as f64 (float, double, float16, bfloat16), or `None` for other
+/// element types.
+pub fn decode_f64(bytes: &[u8], dtype: i32) -> Option<Vec<f64>> {
+    use rayon::prelude::*;
+    Some(match dtype {
+        code::FLOAT => bytes
+            .par_chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
         code::DOUBLE => bytes
             .chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
@@ -39,18 +53,26 @@ pub fn to_f64(t: &Tensor, name: &str) -> Result<ArrayD<f64>> {
             .chunks_exact(2)
             .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f64())
             .collect(),
-        other => {
-            return Err(Error::tensor(
-                name,
-                format!(
-                    "element type {} cannot be merged",
-                    crate::ir::dtype::name(other)
-                ),
-            ));
-        }
-    };
-    ArrayD::from_shape_vec(IxDyn(&shape), v)
-        .map_err(|e| Error::tensor(name, format!("shape mismatch: {e}")))
+        _ => return None,
+    })
+}
+
+/// f64 values as little-endian bytes of `dtype` (float, double, float16, bfloat16).
+pub fn encode_f64(values: &[f64], dtype: i32, out: &mut Vec<u8>) {
+    match dtype {
+        code::DOUBLE => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+        code::FLOAT16 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&f16::from_f64(*v).to_le_bytes())),
+        code::BFLOAT16 => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&bf16::from_f64(*v).to_le_bytes())),
+        _ => values
+            .iter()
+            .for_each(|v| out.extend_from_slice(&(*v as f32).to_le_bytes())),
+    }
 }
 
 /// Integer tensor values (int64/int32), e.g. shapes and axes.

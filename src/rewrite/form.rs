@@ -12,13 +12,20 @@ use std::sync::Arc;
 
 use ndarray::{Array1, Array2, ArrayD, Axis, IxDyn};
 
+use super::linear::WeightRef;
 use crate::ir::ValueId;
+
+/// Reads a stored weight as an f64 matrix in x·M form (done only when a merge needs it).
+pub type Loader<'a> = &'a dyn Fn(&WeightRef) -> Result<Arc<Array2<f64>>, FormError>;
 
 /// One factor of a chain.
 #[derive(Clone, Debug)]
 pub enum Factor {
     /// A dense `[d_in, d_out]` matrix.
     Dense(Arc<Array2<f64>>),
+    /// A weight still in the model's storage, read only if the merge needs its values (a
+    /// base weight plus low-rank branches is streamed instead).
+    Stored(WeightRef),
     /// A per-feature scale (a diagonal matrix).
     Diag(Arc<Array1<f64>>),
 }
@@ -27,14 +34,19 @@ impl Factor {
     pub fn d_in(&self) -> usize {
         match self {
             Factor::Dense(m) => m.nrows(),
+            Factor::Stored(w) => w.rows,
             Factor::Diag(v) => v.len(),
         }
     }
     pub fn d_out(&self) -> usize {
         match self {
             Factor::Dense(m) => m.ncols(),
+            Factor::Stored(w) => w.cols,
             Factor::Diag(v) => v.len(),
         }
+    }
+    fn is_matrix(&self) -> bool {
+        matches!(self, Factor::Dense(_) | Factor::Stored(_))
     }
 }
 
@@ -56,7 +68,7 @@ impl Term {
         self.factors.is_empty()
     }
     pub fn has_dense(&self) -> bool {
-        self.factors.iter().any(|f| matches!(f, Factor::Dense(_)))
+        self.factors.iter().any(|f| f.is_matrix())
     }
     pub fn d_in(&self) -> Option<usize> {
         self.factors.first().map(|f| f.d_in())
@@ -66,18 +78,16 @@ impl Term {
     }
     /// The smallest inner dimension of the chain (the rank of a low-rank product).
     pub fn rank(&self) -> Option<usize> {
-        let dense: Vec<&Array2<f64>> = self
+        let widths: Vec<usize> = self
             .factors
             .iter()
-            .filter_map(|f| match f {
-                Factor::Dense(m) => Some(&**m),
-                _ => None,
-            })
+            .filter(|f| f.is_matrix())
+            .map(|f| f.d_out())
             .collect();
-        if dense.len() < 2 {
+        if widths.len() < 2 {
             return None;
         }
-        dense[..dense.len() - 1].iter().map(|m| m.ncols()).min()
+        widths[..widths.len() - 1].iter().copied().min()
     }
 }
 
@@ -93,6 +103,40 @@ pub enum Combined {
     Diag(Array1<f64>),
     /// `x · M`.
     Dense(Array2<f64>),
+    /// `x · (k·W + Σ s_i·L_i·R_i)`: a stored weight plus low-rank products, merged by streaming
+    /// blocks of rows so the full matrix is never held in memory.
+    Patched {
+        base: WeightRef,
+        scale: f64,
+        pairs: Vec<(f64, Array2<f64>, Array2<f64>)>,
+    },
+}
+
+impl Combined {
+    /// `(d_in, d_out)` of a matrix result.
+    pub fn dim(&self) -> Option<(usize, usize)> {
+        match self {
+            Combined::Dense(m) => Some(m.dim()),
+            Combined::Patched { base, .. } => Some(base.dim()),
+            _ => None,
+        }
+    }
+
+    /// The merged matrix in full (loads the base weight of a patch).
+    pub fn to_dense(&self, load: Loader) -> Result<Option<Array2<f64>>, FormError> {
+        Ok(match self {
+            Combined::Dense(m) => Some(m.clone()),
+            Combined::Patched { base, scale, pairs } => {
+                let w = load(base)?;
+                let mut acc = w.mapv(|x| x * scale);
+                for (k, l, r) in pairs {
+                    ndarray::linalg::general_mat_mul(*k, l, r, 1.0, &mut acc);
+                }
+                Some(acc)
+            }
+            _ => None,
+        })
+    }
 }
 
 /// An input of a linear region.
@@ -224,12 +268,21 @@ impl Form {
 
     /// `Gather(table, ids)` along axis 0.
     pub fn lookup(ids: ValueId, table: &Arc<Array2<f64>>) -> Self {
+        Self::lookup_factor(ids, Factor::Dense(table.clone()))
+    }
+
+    /// `Gather(table, ids)` for a table still in the model's storage.
+    pub fn lookup_stored(ids: ValueId, table: &WeightRef) -> Self {
+        Self::lookup_factor(ids, Factor::Stored(table.clone()))
+    }
+
+    fn lookup_factor(ids: ValueId, f: Factor) -> Self {
         let mut parts = BTreeMap::new();
         parts.insert(
             Source::OneHot(ids),
             vec![Term {
                 scale: 1.0,
-                factors: vec![Factor::Dense(table.clone())],
+                factors: vec![f],
             }],
         );
         Form { parts, bias: None }
@@ -258,6 +311,27 @@ impl Form {
         }
         if let Some(b) = self.bias.take() {
             self.bias = Some(matmul_last(&b, w)?);
+        }
+        Ok(self)
+    }
+
+    /// `y · W` for a stored weight, read only if a bias has to pass through it.
+    pub fn then_stored(mut self, w: &WeightRef, load: Loader) -> Result<Self, FormError> {
+        for terms in self.parts.values_mut() {
+            for t in terms.iter_mut() {
+                if let Some(d) = t.d_out()
+                    && d != w.rows
+                {
+                    return Err(format!(
+                        "a {d}-feature value meets a weight of {} rows",
+                        w.rows
+                    ));
+                }
+                t.factors.push(Factor::Stored(w.clone()));
+            }
+        }
+        if let Some(b) = self.bias.take() {
+            self.bias = Some(matmul_last(&b, &*load(w)?)?);
         }
         Ok(self)
     }
@@ -326,7 +400,11 @@ impl Form {
 
     /// Adds up a source's terms in f64. `width` is the source's feature count, needed when the
     /// terms alone do not say it (identity terms next to dense ones always do).
-    pub fn combine(terms: &[Term], width: Option<usize>) -> Result<Combined, FormError> {
+    pub fn combine(
+        terms: &[Term],
+        width: Option<usize>,
+        load: Loader,
+    ) -> Result<Combined, FormError> {
         if terms.iter().all(|t| t.is_identity()) {
             return Ok(Combined::Scaled(terms.iter().map(|t| t.scale).sum()));
         }
@@ -361,34 +439,66 @@ impl Form {
         // matrix product into the accumulator, never through a full-size temporary.
         let base = terms.iter().position(|t| {
             t.factors.len() == 1
-                && matches!(&t.factors[0], Factor::Dense(m) if m.dim() == (d_in, d_out))
+                && t.factors[0].is_matrix()
+                && (t.factors[0].d_in(), t.factors[0].d_out()) == (d_in, d_out)
         });
-        let mut acc = match base {
-            Some(i) => match &terms[i].factors[0] {
-                Factor::Dense(m) => {
-                    let k = terms[i].scale;
-                    if k == 1.0 {
-                        (**m).clone()
-                    } else {
-                        m.mapv(|x| x * k)
+        // A stored base weight plus nothing but low-rank branches: keep it as a patch, merged
+        // later by streaming rows.
+        if let Some(i) = base
+            && let Factor::Stored(w) = &terms[i].factors[0]
+        {
+            let mut pairs = Vec::new();
+            let mut all_low_rank = true;
+            for (j, t) in terms.iter().enumerate() {
+                if j == i {
+                    continue;
+                }
+                match Self::split_low_rank(t, d_in, load)? {
+                    Some((l, r)) if (l.nrows(), r.ncols()) == (d_in, d_out) => {
+                        pairs.push((t.scale, l, r))
+                    }
+                    _ => {
+                        all_low_rank = false;
+                        break;
                     }
                 }
-                Factor::Diag(_) => unreachable!("checked dense"),
-            },
+            }
+            if all_low_rank {
+                return Ok(Combined::Patched {
+                    base: w.clone(),
+                    scale: terms[i].scale,
+                    pairs,
+                });
+            }
+        }
+        let mut acc = match base {
+            Some(i) => {
+                let m = match &terms[i].factors[0] {
+                    Factor::Dense(m) => m.clone(),
+                    Factor::Stored(w) => load(w)?,
+                    Factor::Diag(_) => unreachable!("checked matrix"),
+                };
+                let k = terms[i].scale;
+                if k == 1.0 {
+                    Arc::try_unwrap(m).unwrap_or_else(|m| (*m).clone())
+                } else {
+                    m.mapv(|x| x * k)
+                }
+            }
             None => Array2::<f64>::zeros((d_in, d_out)),
         };
         for (i, t) in terms.iter().enumerate() {
             if Some(i) == base {
                 continue;
             }
-            if let Some((l, r)) = Self::split_low_rank(t, d_in)? {
+            if let Some((l, r)) = Self::split_low_rank(t, d_in, load)? {
                 if (l.nrows(), r.ncols()) != (d_in, d_out) {
                     return Err(mismatch((l.nrows(), r.ncols())));
                 }
                 ndarray::linalg::general_mat_mul(t.scale, &l, &r, 1.0, &mut acc);
                 continue;
             }
-            let m = Self::chain(t, d_in)?;
+            let m = Self::chain(t, d_in, load)?;
             if m.dim() != (d_in, d_out) {
                 return Err(mismatch(m.dim()));
             }
@@ -399,7 +509,11 @@ impl Form {
 
     /// A chain of two or more factors as `L·R` split at its narrowest point, both small;
     /// `None` for a single factor or no narrowing.
-    fn split_low_rank(t: &Term, d_in: usize) -> Result<Option<LowRankPair>, FormError> {
+    fn split_low_rank(
+        t: &Term,
+        d_in: usize,
+        load: Loader,
+    ) -> Result<Option<LowRankPair>, FormError> {
         let Some(rank) = t.rank() else {
             return Ok(None);
         };
@@ -419,8 +533,8 @@ impl Form {
             scale: 1.0,
             factors: t.factors[cut + 1..].to_vec(),
         };
-        let l = Self::chain(&left, d_in)?;
-        let r = Self::chain(&right, rank)?;
+        let l = Self::chain(&left, d_in, load)?;
+        let r = Self::chain(&right, rank, load)?;
         if l.ncols() != r.nrows() {
             return Err("chain widths do not match".into());
         }
@@ -428,9 +542,17 @@ impl Form {
     }
 
     /// The dense product of a term's factors (left to right, so low-rank chains stay cheap).
-    fn chain(t: &Term, d_in: usize) -> Result<Array2<f64>, FormError> {
+    fn chain(t: &Term, d_in: usize, load: Loader) -> Result<Array2<f64>, FormError> {
         let mut cur: Option<Array2<f64>> = None;
         for f in &t.factors {
+            let loaded;
+            let f = match f {
+                Factor::Stored(w) => {
+                    loaded = Factor::Dense(load(w)?);
+                    &loaded
+                }
+                other => other,
+            };
             cur = Some(match (cur, f) {
                 (None, Factor::Dense(m)) => (**m).clone(),
                 (None, Factor::Diag(v)) => Array2::from_diag(&**v),
@@ -440,6 +562,7 @@ impl Form {
                     }
                     c.dot(&**m)
                 }
+                (_, Factor::Stored(_)) => unreachable!("stored factors are loaded above"),
                 (Some(mut c), Factor::Diag(v)) => {
                     if c.ncols() != v.len() {
                         return Err("chain widths do not match".into());
@@ -478,7 +601,7 @@ mod tests {
         let y = base.plus(lora, 1.0).unwrap();
         let terms = &y.parts[&Source::Value(x)];
         assert_eq!(terms[1].rank(), Some(1));
-        match Form::combine(terms, None).unwrap() {
+        match Form::combine(terms, None, &|_| Err("no stored weights".into())).unwrap() {
             // W + 0.5 * A·B = [[1, 2+5], [3, 4]]
             Combined::Dense(m) => assert_eq!(m, array![[1.0, 7.0], [3.0, 4.0]]),
             other => panic!("{other:?}"),
@@ -498,7 +621,11 @@ mod tests {
             .unwrap();
         // (x + 1)·W·diag(2,3): bias = [1,1]·W = [4, 6], times [2,3] = [8, 18].
         assert_eq!(y.bias.unwrap(), array![8.0, 18.0].into_dyn());
-        match Form::combine(&y.parts[&Source::Value(x)], None).unwrap() {
+        match Form::combine(&y.parts[&Source::Value(x)], None, &|_| {
+            Err("no stored weights".into())
+        })
+        .unwrap()
+        {
             Combined::Dense(m) => assert_eq!(m, array![[2.0, 6.0], [6.0, 12.0]]),
             other => panic!("{other:?}"),
         }
@@ -512,13 +639,17 @@ mod tests {
             .unwrap()
             .plus(Form::source(x), 1.0)
             .unwrap();
-        match Form::combine(&y.parts[&Source::Value(x)], None).unwrap() {
+        match Form::combine(&y.parts[&Source::Value(x)], None, &|_| {
+            Err("no stored weights".into())
+        })
+        .unwrap()
+        {
             Combined::Diag(v) => assert_eq!(v, array![3.0, 4.0]),
             other => panic!("{other:?}"),
         }
         let z = Form::source(x).plus(Form::source(x), -1.0).unwrap();
         assert!(
-            matches!(Form::combine(&z.parts[&Source::Value(x)], None).unwrap(), Combined::Scaled(s) if s == 0.0)
+            matches!(Form::combine(&z.parts[&Source::Value(x)], None, &|_| Err("no stored weights".into())).unwrap(), Combined::Scaled(s) if s == 0.0)
         );
     }
 
