@@ -10,8 +10,6 @@ use graft::rewrite::adapters::{Leftover, leftovers};
 use graft::verify::OutputDiff;
 use serde::Serialize;
 
-use super::textio::Weights;
-
 pub const AFTER_HELP: &str = "Examples:
   graft fold models/bert_lora/unmerged.dynamo.onnx -o bert.onnx
   graft fold model.onnx -o out.onnx --dump-graph=dumps/ --report json=fold.json
@@ -31,16 +29,8 @@ pub struct Args {
     /// Where to write the folded model.
     #[arg(short, long, required_unless_present = "in_place")]
     pub output: Option<PathBuf>,
-    /// Print the graph before the first pass and after each pass that changed or refused
-    /// something; with =DIR write one file per step.
-    #[arg(long, value_name = "DIR", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
-    pub dump_graph: Option<String>,
-    /// With --dump-graph, also dump after passes that changed nothing.
-    #[arg(long)]
-    pub dump_graph_all: bool,
-    /// How dumps show initializers.
-    #[arg(long, value_enum, default_value_t = Weights::Summary)]
-    pub weights: Weights,
+    #[command(flatten)]
+    pub dump: super::opt::DumpArgs,
     /// Write the fold report as JSON: `json` to standard output, or `json=FILE`.
     #[arg(long, value_name = "json[=FILE]")]
     pub report: Option<String>,
@@ -71,15 +61,8 @@ pub struct Args {
     /// bf16 3e-2).
     #[arg(long)]
     pub tolerance: Option<f64>,
-    /// Store tensors of 1 KiB or more in an external data file, relative to the output.
-    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
-    pub external_data: Option<String>,
-    /// Embed every tensor in the output file.
-    #[arg(long, conflicts_with = "external_data")]
-    pub embed_data: bool,
-    /// Allow writing over the input model.
-    #[arg(long)]
-    pub in_place: bool,
+    #[command(flatten)]
+    pub write: super::opt::WriteArgs,
 }
 
 /// Models with more weight bytes than this are checked rewrite by rewrite, not whole.
@@ -144,7 +127,7 @@ fn totals(model: &Model, shapes: &[(String, i32, Vec<i64>)]) -> Totals {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let out = match (&a.output, a.in_place) {
+    let out = match (&a.output, a.write.in_place) {
         (Some(o), _) => o.clone(),
         (None, _) => a.model.clone(),
     };
@@ -185,10 +168,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         None => None,
     };
-    driver.dump_all = a.dump_graph_all;
-    if let Some(target) = a.dump_graph.as_deref() {
-        driver.dump = Some(super::opt::dump_fn(target, a.weights)?);
-    }
+    a.dump.install(&mut driver)?;
     let run = driver.run(&mut model, &steps)?;
     drop(driver);
 
@@ -309,14 +289,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             "the folded model's outputs differ from the original's beyond the tolerance; nothing was written"
         );
     }
-    super::opt::save_any(
-        model,
-        &out,
-        &a.model,
-        a.in_place,
-        a.external_data.as_deref(),
-        a.embed_data,
-    )?;
+    super::opt::save_any(model, &out, &a.model, &a.write)?;
     if a.strict && !report.left_in_place.is_empty() {
         eprintln!(
             "error: --strict: {} adapter-like branch(es) left in place (the folded model was written)",

@@ -29,8 +29,23 @@ pub struct Args {
     /// The pipeline to run.
     #[arg(long, default_value = "cleanup")]
     pub passes: String,
-    /// Print the graph before the first pass and after every pass that changed it; with =DIR,
-    /// write one numbered file per step into DIR instead.
+    #[command(flatten)]
+    pub dump: DumpArgs,
+    /// Write per-pass statistics: `json` to standard output, or `json=FILE`.
+    #[arg(long, value_name = "json[=FILE]")]
+    pub report: Option<String>,
+    #[command(flatten)]
+    pub write: WriteArgs,
+    /// Run the IR verifier after every pass (always on in debug builds).
+    #[arg(long)]
+    pub verify_ir: bool,
+}
+
+/// `--dump-graph` and friends (shared by `opt` and `fold`).
+#[derive(clap::Args)]
+pub struct DumpArgs {
+    /// Print the graph before the first pass and after every pass that changed or refused
+    /// something; with =DIR, write one numbered file per step into DIR instead.
     #[arg(long, value_name = "DIR", num_args = 0..=1, require_equals = true, default_missing_value = "-")]
     pub dump_graph: Option<String>,
     /// With --dump-graph, also dump after passes that changed nothing.
@@ -39,9 +54,22 @@ pub struct Args {
     /// How dumps show initializers.
     #[arg(long, value_enum, default_value_t = Weights::Summary)]
     pub weights: Weights,
-    /// Write per-pass statistics: `json` to standard output, or `json=FILE`.
-    #[arg(long, value_name = "json[=FILE]")]
-    pub report: Option<String>,
+}
+
+impl DumpArgs {
+    /// Points the driver's dumps where the options say.
+    pub fn install<'a>(&'a self, driver: &mut Driver<'a>) -> anyhow::Result<()> {
+        driver.dump_all = self.dump_graph_all;
+        if let Some(target) = self.dump_graph.as_deref() {
+            driver.dump = Some(dump_fn(target, self.weights)?);
+        }
+        Ok(())
+    }
+}
+
+/// How the output is written (shared by `opt`, `fold` and `convert`).
+#[derive(clap::Args)]
+pub struct WriteArgs {
     /// Store tensors of 1 KiB or more in an external data file (default name: <output>.data),
     /// relative to the output's folder.
     #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
@@ -52,9 +80,6 @@ pub struct Args {
     /// Allow writing over the input model (and its data file); without -o, write in place.
     #[arg(long)]
     pub in_place: bool,
-    /// Run the IR verifier after every pass (always on in debug builds).
-    #[arg(long)]
-    pub verify_ir: bool,
 }
 
 fn header_line(point: &DumpPoint, model: &Model) -> String {
@@ -162,14 +187,8 @@ pub fn protected_paths(input: &Path, model: &Model) -> Vec<PathBuf> {
 }
 
 /// Saves a model as .onnx or (by extension) as text.
-pub fn save_any(
-    model: Model,
-    out: &Path,
-    input: &Path,
-    in_place: bool,
-    external: Option<&str>,
-    embed: bool,
-) -> anyhow::Result<()> {
+pub fn save_any(model: Model, out: &Path, input: &Path, w: &WriteArgs) -> anyhow::Result<()> {
+    let (in_place, external, embed) = (w.in_place, w.external_data.as_deref(), w.embed_data);
     let protected = if in_place {
         Vec::new()
     } else {
@@ -210,7 +229,7 @@ pub fn save_any(
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let steps = graft::passes::parse_pipeline(&a.passes)?;
-    let out = match (&a.output, a.in_place) {
+    let out = match (&a.output, a.write.in_place) {
         (Some(o), _) => o.clone(),
         (None, true) => a.model.clone(),
         (None, false) => unreachable!("clap requires -o without --in-place"),
@@ -218,24 +237,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut model = textio::load_any(&a.model)?;
     let lookup = graft::passes::lookup;
     let mut driver = Driver::new(&lookup);
-    driver.dump_all = a.dump_graph_all;
     driver.verify_ir |= a.verify_ir;
-    if let Some(target) = a.dump_graph.as_deref() {
-        driver.dump = Some(dump_fn(target, a.weights)?);
-    }
+    a.dump.install(&mut driver)?;
     let report: RunReport = driver.run(&mut model, &steps)?;
     drop(driver);
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }
-    save_any(
-        model,
-        &out,
-        &a.model,
-        a.in_place,
-        a.external_data.as_deref(),
-        a.embed_data,
-    )?;
+    save_any(model, &out, &a.model, &a.write)?;
     eprintln!(
         "graft opt: {} -> {}: nodes {} -> {}, initializers {} -> {}, parameters {} -> {}",
         a.model.display(),

@@ -38,15 +38,8 @@ pub struct ConvertArgs {
     /// The output; its extension picks the format (.onnxtxt or .txt for text, else binary).
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Store tensors of 1 KiB or more in an external data file (binary output only).
-    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "")]
-    pub external_data: Option<String>,
-    /// Embed every tensor in the output file (no external data file).
-    #[arg(long, conflicts_with = "external_data")]
-    pub embed_data: bool,
-    /// Allow writing over the input.
-    #[arg(long)]
-    pub in_place: bool,
+    #[command(flatten)]
+    pub write: super::opt::WriteArgs,
 }
 
 pub fn is_text_path(p: &Path) -> bool {
@@ -142,12 +135,5 @@ pub fn print(a: PrintArgs) -> anyhow::Result<()> {
 
 pub fn convert(a: ConvertArgs) -> anyhow::Result<()> {
     let model = load_any(&a.input)?;
-    super::opt::save_any(
-        model,
-        &a.output,
-        &a.input,
-        a.in_place,
-        a.external_data.as_deref(),
-        a.embed_data,
-    )
+    super::opt::save_any(model, &a.output, &a.input, &a.write)
 }
