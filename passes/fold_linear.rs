@@ -21,6 +21,7 @@
 //! once to the weight's element type.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use ndarray::{Array1, ArrayD, IxDyn};
 
@@ -608,8 +609,73 @@ fn note_fidelity(fidelity: &mut Option<f64>, err: f64, delta: f64) {
     }
 }
 
-/// Writes `k·W + Σ s·L·R` (in W's stored layout) block by block into a temporary file: the
-/// base weight is read a few rows at a time and the full matrix never exists in memory.
+/// `k·W + Σ s·L·R` in W's stored layout, computed a block of rows at a time.
+struct PatchRows {
+    base: crate::ir::Tensor,
+    name: String,
+    pairs: Arc<Vec<(f64, ndarray::Array2<f64>, ndarray::Array2<f64>)>>,
+    k: f64,
+    transposed: bool,
+    cols: usize,
+    dtype: i32,
+}
+
+impl PatchRows {
+    /// Rows `r0..r1`, encoded; with `fidelity`, also the squared rounding error and the squared
+    /// change (for the delta fidelity of low-precision weights).
+    fn rows(
+        &self,
+        r0: usize,
+        r1: usize,
+        fidelity: bool,
+    ) -> std::result::Result<(Vec<u8>, f64, f64), String> {
+        let esize =
+            crate::ir::dtype::bits(self.base.dtype).ok_or("unknown element type")? as usize / 8;
+        let raw = self
+            .base
+            .sample(
+                &self.name,
+                (r0 * self.cols * esize) as u64,
+                (r1 - r0) * self.cols * esize,
+            )
+            .map_err(|e| e.to_string())?;
+        let orig = crate::rewrite::consts::decode_f64(&raw, self.base.dtype)
+            .ok_or("cannot read the weight")?;
+        let mut acc = ndarray::Array2::from_shape_vec((r1 - r0, self.cols), orig.clone())
+            .map_err(|e| e.to_string())?;
+        if self.k != 1.0 {
+            acc.mapv_inplace(|x| x * self.k);
+        }
+        for (s, l, r) in self.pairs.iter() {
+            if self.transposed {
+                // Stored rows are output features: rows r0..r1 of (L·R)ᵀ = R[:, r0..r1]ᵀ·Lᵀ.
+                let rs = r.slice(ndarray::s![.., r0..r1]);
+                ndarray::linalg::general_mat_mul(*s, &rs.t(), &l.t(), 1.0, &mut acc);
+            } else {
+                let ls = l.slice(ndarray::s![r0..r1, ..]);
+                ndarray::linalg::general_mat_mul(*s, &ls, r, 1.0, &mut acc);
+            }
+        }
+        let vals = acc.as_slice().ok_or("non-contiguous block")?;
+        let mut bytes = Vec::with_capacity(vals.len() * esize);
+        crate::rewrite::consts::encode_f64(vals, self.dtype, &mut bytes);
+        let (mut e2, mut d2) = (0.0, 0.0);
+        if fidelity {
+            let rounded =
+                crate::rewrite::consts::decode_f64(&bytes, self.dtype).unwrap_or_default();
+            for ((r, e), o) in rounded.iter().zip(vals).zip(&orig) {
+                e2 += (r - e) * (r - e);
+                d2 += (e - o) * (e - o);
+            }
+        }
+        Ok((bytes, e2, d2))
+    }
+}
+
+/// Merges `k·W + Σ s·L·R` (in W's stored layout) without holding the full matrix: a large
+/// float32/float64 result becomes rows computed on demand (saving streams them straight into
+/// the output); a float16/bfloat16 one is computed now, a block at a time on all cores, to
+/// measure its delta fidelity; small ones stay in memory.
 fn stream_patch(
     g: &Graph,
     base: &crate::rewrite::linear::WeightRef,
@@ -624,22 +690,46 @@ fn stream_patch(
     let t = g
         .constant(base.value)
         .ok_or("the base weight disappeared")?;
-    if t.dims.len() != 2 {
-        return Err("the base weight is not a matrix".into());
+    if t.dims.len() != 2 || t.dtype != dtype {
+        return Err("the base weight is not a matrix of the merged type".into());
     }
     let (srows, scols) = (t.dims[0] as usize, t.dims[1] as usize);
     let esize = crate::ir::dtype::bits(t.dtype).ok_or("unknown element type")? as usize / 8;
-    let k = scale * base.alpha;
     let low_precision = matches!(
         dtype,
         crate::ir::dtype::code::FLOAT16 | crate::ir::dtype::code::BFLOAT16
     );
     let len = (srows * scols * esize) as u64;
-    // Results that will be saved as external data, and large ones, go to a temporary file as
-    // they are produced; small embedded ones stay in memory.
-    let spill = external || len as usize > crate::ir::Tensor::SPILL_BYTES;
+    let patch = PatchRows {
+        base: t.clone(),
+        name,
+        pairs: Arc::new(pairs.to_vec()),
+        k: scale * base.alpha,
+        transposed: base.transposed,
+        cols: scols,
+        dtype,
+    };
+    let large = external || len as usize > crate::ir::Tensor::SPILL_BYTES;
+    if large && !low_precision {
+        let rows_of = crate::ir::tensor::RowGen(Arc::new(move |r0, r1| {
+            patch
+                .rows(r0, r1, false)
+                .map(|(b, _, _)| b)
+                .map_err(crate::Error::graph)
+        }));
+        return Ok(crate::ir::Tensor {
+            dtype,
+            dims: t.dims.clone(),
+            data: crate::ir::TensorData::Rows {
+                rows: srows,
+                row_bytes: scols * esize,
+                rows_of,
+                external,
+            },
+        });
+    }
     let mut memory: Vec<u8> = Vec::new();
-    let mut out = if spill {
+    let mut out = if large {
         let dir = crate::ir::Tensor::spill_dir();
         let file = tempfile::tempfile_in(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         Some(std::io::BufWriter::with_capacity(1 << 22, file))
@@ -648,53 +738,13 @@ fn stream_patch(
     };
     let block = (1usize << 22) / (scols.max(1) * 8) + 1;
     let (mut err, mut delta_sq) = (0.0f64, 0.0f64);
-    // One block of stored rows: read, scale, add the low-rank rows, encode.
-    let do_block = |r0: usize| -> std::result::Result<(Vec<u8>, f64, f64), String> {
-        let r1 = (r0 + block).min(srows);
-        let raw = t
-            .sample(
-                &name,
-                (r0 * scols * esize) as u64,
-                (r1 - r0) * scols * esize,
-            )
-            .map_err(|e| e.to_string())?;
-        let orig =
-            crate::rewrite::consts::decode_f64(&raw, t.dtype).ok_or("cannot read the weight")?;
-        let mut acc = ndarray::Array2::from_shape_vec((r1 - r0, scols), orig.clone())
-            .map_err(|e| e.to_string())?;
-        if k != 1.0 {
-            acc.mapv_inplace(|x| x * k);
-        }
-        for (s, l, r) in pairs {
-            if base.transposed {
-                // Stored rows are output features: rows r0..r1 of (L·R)ᵀ = R[:, r0..r1]ᵀ·Lᵀ.
-                let rs = r.slice(ndarray::s![.., r0..r1]);
-                ndarray::linalg::general_mat_mul(*s, &rs.t(), &l.t(), 1.0, &mut acc);
-            } else {
-                let ls = l.slice(ndarray::s![r0..r1, ..]);
-                ndarray::linalg::general_mat_mul(*s, &ls, r, 1.0, &mut acc);
-            }
-        }
-        let vals = acc.as_slice().ok_or("non-contiguous block")?;
-        let mut bytes = Vec::with_capacity(vals.len() * esize);
-        crate::rewrite::consts::encode_f64(vals, dtype, &mut bytes);
-        let (mut e2, mut d2) = (0.0, 0.0);
-        if low_precision {
-            let rounded = crate::rewrite::consts::decode_f64(&bytes, dtype).unwrap_or_default();
-            for ((r, e), o) in rounded.iter().zip(vals).zip(&orig) {
-                e2 += (r - e) * (r - e);
-                d2 += (e - o) * (e - o);
-            }
-        }
-        Ok((bytes, e2, d2))
-    };
     // Blocks run on all cores a batch at a time and are written in order.
     use rayon::prelude::*;
     let starts: Vec<usize> = (0..srows).step_by(block).collect();
     for batch in starts.chunks(2 * rayon::current_num_threads().max(1)) {
         let done = batch
             .par_iter()
-            .map(|&r0| do_block(r0))
+            .map(|&r0| patch.rows(r0, (r0 + block).min(srows), low_precision))
             .collect::<std::result::Result<Vec<_>, String>>()?;
         for (bytes, e2, d2) in done {
             err += e2;

@@ -76,6 +76,25 @@ pub enum TensorData {
     Raw(Arc<Vec<u8>>),
     /// A summary read from text (no data); cannot be written as ONNX.
     Placeholder { hash: String },
+    /// Rows computed on demand (a merged weight streamed from its base): saving writes them
+    /// straight into the output, so a multi-GB merge is never held or written twice.
+    Rows {
+        rows: usize,
+        row_bytes: usize,
+        rows_of: RowGen,
+        /// Save as external data (as the weight it replaces was).
+        external: bool,
+    },
+}
+
+/// Produces the little-endian bytes of rows `r0..r1` of a tensor.
+#[derive(Clone)]
+pub struct RowGen(pub Arc<dyn Fn(usize, usize) -> Result<Vec<u8>> + Send + Sync>);
+
+impl std::fmt::Debug for RowGen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RowGen")
+    }
 }
 
 /// A constant tensor: element type, shape and data.
@@ -113,7 +132,7 @@ impl Tensor {
             TensorData::External {
                 spill: None | Some(true),
                 ..
-            }
+            } | TensorData::Rows { external: true, .. }
         )
     }
 
@@ -127,6 +146,22 @@ impl Tensor {
 
     /// Reads `n` bytes at `at` of the dense form (a cheap sample, without reading it all).
     pub fn sample(&self, name: &str, at: u64, n: usize) -> Result<Vec<u8>> {
+        if let TensorData::Rows {
+            rows,
+            row_bytes,
+            rows_of,
+            ..
+        } = &self.data
+        {
+            let rb = (*row_bytes).max(1);
+            let total = rows * rb;
+            let start = (at as usize).min(total);
+            let end = (start + n).min(total);
+            let (r0, r1) = (start / rb, end.div_ceil(rb).min(*rows));
+            let block = (rows_of.0)(r0, r1)?;
+            let off = start - r0 * rb;
+            return Ok(block[off..off + (end - start)].to_vec());
+        }
         if let TensorData::External {
             file,
             offset,
@@ -246,6 +281,7 @@ impl Tensor {
                 Ok(Cow::Borrowed(&all[start..end]))
             }
             TensorData::Embedded(p) => embedded_bytes(name, p),
+            TensorData::Rows { rows, rows_of, .. } => Ok(Cow::Owned((rows_of.0)(0, *rows)?)),
             TensorData::Placeholder { .. } => Err(Error::tensor(
                 name,
                 "has no data (it was read from a summary; print with --weights full to keep data)",

@@ -71,6 +71,12 @@ fn embed(name: String, t: Tensor) -> Result<TensorProto> {
             p.raw_data = bytes;
             p
         }
+        TensorData::Rows { .. } => TensorProto {
+            dims: t.dims.clone(),
+            data_type: t.dtype,
+            raw_data: t.bytes(&name)?.into_owned(),
+            ..Default::default()
+        },
         TensorData::Placeholder { .. } => {
             return Err(Error::tensor(
                 &name,
@@ -323,6 +329,23 @@ pub fn save_model(model: Model, out: &Path, opts: &SaveOptions) -> Result<()> {
                         ));
                     }
                     (**shell).clone()
+                }
+                TensorData::Rows {
+                    rows,
+                    row_bytes,
+                    rows_of,
+                    ..
+                } => {
+                    // Computed rows go straight into the output, a few MiB at a time.
+                    let step = ((4 << 20) / (*row_bytes).max(1)).max(1);
+                    let mut r0 = 0;
+                    while r0 < *rows {
+                        let r1 = (r0 + step).min(*rows);
+                        let block = (rows_of.0)(r0, r1)?;
+                        f.write_all(&block).map_err(|e| Error::io(&*path, e))?;
+                        r0 = r1;
+                    }
+                    TensorProto::default()
                 }
                 _ => {
                     let bytes = t.bytes(&name)?;
