@@ -609,11 +609,14 @@ fn note_fidelity(fidelity: &mut Option<f64>, err: f64, delta: f64) {
     }
 }
 
+/// Low-rank products `s·L·R` added to a base weight.
+type LowRankPairs = Vec<(f64, ndarray::Array2<f64>, ndarray::Array2<f64>)>;
+
 /// `k·W + Σ s·L·R` in W's stored layout, computed a block of rows at a time.
 struct PatchRows {
     base: crate::ir::Tensor,
     name: String,
-    pairs: Arc<Vec<(f64, ndarray::Array2<f64>, ndarray::Array2<f64>)>>,
+    pairs: Arc<LowRankPairs>,
     k: f64,
     transposed: bool,
     cols: usize,
