@@ -4,7 +4,8 @@ and LoRA on every attention and MLP projection (models/make_big.py --lora 8).
 
     python3 scripts/bench_fold.py [--runs 3] [--work target/bench] [--tools-python PY]
 
-Measures, alternating in one run, medians: `cp` of the model files, and
+Measures, alternating in one run, medians (each command timed together with the `sync` that
+writes its output back to disk): `cp` of the model files, and
 `graft fold big.onnx -o out/model.onnx --no-verify` (the model is over graft's 1 GiB whole-model
 check limit), wall time and peak RSS. With --tools-python (a Python that has onnxsim and/or
 onnxslim installed) it also runs those on the same file once each and records their time or

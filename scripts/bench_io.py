@@ -23,8 +23,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def timed(cmd):
-    """(wall seconds, peak RSS MiB) of a command, via GNU time."""
-    r = subprocess.run(["/usr/bin/time", "-f", "%e %M"] + cmd, capture_output=True, text=True)
+    """(wall seconds, peak RSS MiB) of a command followed by `sync`, via GNU time: every
+    command pays for writing its own output back to disk, so one command's dirty pages do not
+    slow the next one down."""
+    subprocess.run(["sync"], check=True)
+    r = subprocess.run(["/usr/bin/time", "-f", "%e %M", "sh", "-c", '"$0" "$@" && sync'] + cmd,
+                       capture_output=True, text=True)
     if r.returncode != 0:
         sys.exit(f"command failed: {' '.join(cmd)}\n{r.stderr}")
     wall, rss_kb = r.stderr.strip().splitlines()[-1].split()
