@@ -1042,6 +1042,7 @@ pub fn fold_conv(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
                 let out_name = g.value(*y).name.clone();
                 let dtype = elem_type(g, *y).unwrap_or(crate::ir::dtype::code::FLOAT);
                 let mut produced = Vec::new();
+                let first = new_nodes.len();
                 // The bias rides on the first conv (Conv adds it for free); without one, an Add.
                 let bias_host = parts
                     .iter()
@@ -1144,15 +1145,7 @@ pub fn fold_conv(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
                         }
                     }
                 }
-                let mut acc = produced[0];
-                for &v in &produced[1..] {
-                    let t = g.fresh_value(&format!("{out_name}_sum"));
-                    let mut n = Node::new("Add");
-                    n.inputs = vec![Some(acc), Some(v)];
-                    n.outputs = vec![Some(t)];
-                    new_nodes.push(n);
-                    acc = t;
-                }
+                let mut acc = crate::rewrite::add_chain(g, &produced, &out_name, &mut new_nodes);
                 if let Some(b) = bias
                     && bias_host.is_none()
                 {
@@ -1168,20 +1161,7 @@ pub fn fold_conv(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
                     new_nodes.push(n);
                     acc = t;
                 }
-                match new_nodes.last_mut() {
-                    Some(last) if last.outputs[0] == Some(acc) => last.outputs[0] = Some(*y),
-                    _ => {
-                        let mut n = Node::new("Identity");
-                        n.inputs = vec![Some(acc)];
-                        n.outputs = vec![Some(*y)];
-                        new_nodes.push(n);
-                    }
-                }
-                if let Some(last) = new_nodes.last_mut()
-                    && last.name.is_empty()
-                {
-                    last.name = removed[root].name.clone();
-                }
+                crate::rewrite::write_output(&mut new_nodes, first, acc, *y, &removed[root].name);
             }
             let order_key = removed.values().map(|r| r.order).max().unwrap_or(0);
             let mut failed = None;

@@ -541,15 +541,7 @@ fn build_root(
         produced.push(v);
     }
     // Combine sources.
-    let mut acc = produced[0];
-    for &v in &produced[1..] {
-        let t = g.fresh_value(&format!("{out_name}_sum"));
-        let mut n = Node::new("Add");
-        n.inputs = vec![Some(acc), Some(v)];
-        n.outputs = vec![Some(t)];
-        nodes.push(n);
-        acc = t;
-    }
+    let mut acc = crate::rewrite::add_chain(g, &produced, &out_name, &mut nodes);
     if let Some(b) = &p.bias
         && !bias_done
     {
@@ -582,22 +574,7 @@ fn build_root(
         nodes.push(n);
         acc = t;
     }
-    // The last node writes the root's own output value.
-    match nodes.last_mut() {
-        Some(last) if last.outputs[0] == Some(acc) => last.outputs[0] = Some(p.output),
-        _ => {
-            let mut n = Node::new("Identity");
-            n.inputs = vec![Some(acc)];
-            n.outputs = vec![Some(p.output)];
-            nodes.push(n);
-        }
-    }
-    // Keep the root's name on the node that now writes its output.
-    if let Some(last) = nodes.last_mut()
-        && last.name.is_empty()
-    {
-        last.name = removed[&p.root].name.clone();
-    }
+    crate::rewrite::write_output(&mut nodes, 0, acc, p.output, &removed[&p.root].name);
     Ok(nodes)
 }
 
