@@ -188,6 +188,19 @@ pub fn classify(g: &Graph, n: NodeId) -> Option<LinOp> {
                 (true, true) => None,
                 (ka, _) => {
                     let (x, c) = if ka { (b, a) } else { (a, b) };
+                    // The scalar tail of a decomposed activation (GELU's `× 0.5` after the
+                    // product x·(1 + erf(·))) stays where it is: absorbing it into the next
+                    // weight is exact but hides the pattern runtimes fuse. Per-feature scales
+                    // there (IA3 on a feed-forward input) still fold.
+                    if matches!(node.op_type.as_str(), "Mul" | "Div")
+                        && g.constant(c).is_some_and(|t| t.numel() == 1)
+                        && g.producer(x).is_some_and(|p| {
+                            let pn = g.node(p);
+                            pn.op_type == "Mul" && pn.inputs.iter().flatten().all(|v| !konst(*v))
+                        })
+                    {
+                        return None;
+                    }
                     let cv = const_f64(g, c)?;
                     // A one-feature value times a feature vector is an outer product: a dense
                     // [1, D] map (AdapterBias's token-dependent shift α·v).
