@@ -11,9 +11,14 @@ weights are downloaded (HF_HUB_OFFLINE=1).  For every case we write into models/
   merged.ts.onnx        reference merged model (when the adapter folds)
   merged.dynamo.onnx
   inputs.npz            graph input name -> array
-  expected.npz          graph output name -> array (PyTorch, UNMERGED model, float32)
+  expected.npz          graph output name -> array (PyTorch, UNMERGED model, float32; the merged
+                        model where there are no unmerged files: bert_multi_peft)
   expected_merged.npz   only for approximate merges: PyTorch output of the merged reference
   calibration.npz       only for approximate merges: the calibration batches used
+  adapter/              PEFT cases: save_pretrained folder (adapter_config.json,
+                        adapter_model.safetensors) for the base case's exports
+  adapter_a/, adapter_b/  bert_multi_peft: two PEFT folders applied with weights 0.7 / 0.3
+  true_delta.npz        bert_lowrank_ft: module path -> weight delta actually applied
 
 and models/manifest.json describing all cases.  Every exported file is checked with
 onnx.checker (full_check=True) and run with onnxruntime against expected outputs.
@@ -77,13 +82,32 @@ class Case:
     method: str
     foldable: object  # True | False | "approximate" | None (base model: nothing to fold)
     notes: str
-    unmerged: nn.Module
+    unmerged: nn.Module | None  # None: no unmerged files, expected.npz from the merged model
     inputs: dict  # ordered: graph input name -> torch tensor
     output_names: list
     merged: nn.Module | None = None
     merged_notes: str = ""
     calibration: dict | None = None  # name -> np array with leading batch-index axis
     extra: dict = field(default_factory=dict)  # extra manifest fields
+    # PEFT adapter folders to write with save_pretrained (see PeftOut); one entry -> manifest
+    # "peft_adapter", several (weighted combination) -> "peft_adapters"
+    peft: list = field(default_factory=list)
+    # extraction fixtures: name of the base case whose unmerged exports must have the same graph
+    # structure and initializer names/shapes (only values may differ); checked after export
+    same_graph_as: str | None = None
+    extra_npz: dict = field(default_factory=dict)  # file name -> {key: np array}, written into the case dir
+
+
+@dataclass
+class PeftOut:
+    """A PEFT model whose active adapter is written to models/<case>/<subdir>/ with save_pretrained.
+    base_case: the case whose (unwrapped) model holds exactly this PEFT model's base weights, i.e.
+    whose unmerged exports are the ONNX base the adapter applies to. weight: only for weighted
+    multi-adapter cases."""
+    subdir: str
+    pm: nn.Module
+    base_case: str
+    weight: float | None = None
 
 
 CASES: list[tuple[str, Callable[[], Case]]] = []
@@ -661,7 +685,8 @@ def case_bert_lora():
                 "PEFT LoRA r=4 alpha=8 (s=2) on attention query/value (rank-3 input: MatMul) and on "
                 "pooler.dense (rank-2 input: Gemm base). lora_A/lora_B random (randn*0.1). Merged = PEFT "
                 "merge_and_unload().", wrap_bert(pm), bert_inputs(), BERT_OUTS,
-                merged=wrap_bert(peft_merged(pm)), extra={"scalings": lora_scalings(pm)})
+                merged=wrap_bert(peft_merged(pm)), extra={"scalings": lora_scalings(pm)},
+                peft=[PeftOut("adapter", pm, "bert_base")])
 
 
 @case
@@ -677,7 +702,7 @@ def case_bert_rslora():
                 "overrides: query r=4 alpha=8 (s=4), key r=2 (rank_pattern) alpha=8 (s=5.657), value r=4 "
                 "alpha=16 (alpha_pattern, s=8). Merged = PEFT merge_and_unload().",
                 wrap_bert(pm), bert_inputs(), BERT_OUTS, merged=wrap_bert(peft_merged(pm)),
-                extra={"scalings": lora_scalings(pm)})
+                extra={"scalings": lora_scalings(pm)}, peft=[PeftOut("adapter", pm, "bert_base")])
 
 
 @case
@@ -691,7 +716,8 @@ def case_bert_dora():
                 "PEFT DoRA (use_dora=True) r=4 alpha=8 on query/value (rank-3) and pooler.dense (rank-2); "
                 "lora_A/B random, lora_magnitude_vector = init norm * (1+0.2*randn). Bias not scaled. Merged "
                 "= PEFT merge_and_unload().", wrap_bert(pm), bert_inputs(), BERT_OUTS,
-                merged=wrap_bert(peft_merged(pm)), extra={"scalings": lora_scalings(pm)})
+                merged=wrap_bert(peft_merged(pm)), extra={"scalings": lora_scalings(pm)},
+                peft=[PeftOut("adapter", pm, "bert_base")])
 
 
 @case
@@ -717,7 +743,8 @@ def case_bert_ia3():
                 "intermediate.dense; input-side (feedforward_modules, ia3_l [1,in], scales input columns, "
                 "bias unchanged) on the FFN down projection encoder.layer.N.output.dense. ia3_l = "
                 "1+0.2*randn. Merged = PEFT merge_and_unload().",
-                wrap_bert(pm), bert_inputs(), BERT_OUTS, merged=wrap_bert(peft_merged(pm)))
+                wrap_bert(pm), bert_inputs(), BERT_OUTS, merged=wrap_bert(peft_merged(pm)),
+                peft=[PeftOut("adapter", pm, "bert_base")])
 
 
 @case
@@ -752,7 +779,8 @@ def case_gpt2_lora():
                 f"merge_and_unload() on the tied model also changes lm_head: rel. error {naive_err:.3g} vs "
                 "unmerged (not the reference).",
                 wrap_gpt2(pm), gpt2_inputs(), ["logits"], merged=wrap_gpt2(merged),
-                extra={"scalings": lora_scalings(pm), "naive_tied_merge_rel_err": naive_err})
+                extra={"scalings": lora_scalings(pm), "naive_tied_merge_rel_err": naive_err},
+                peft=[PeftOut("adapter", pm, "gpt2_base")])
 
 
 @case
@@ -764,7 +792,8 @@ def case_vit_lora():
     return Case("vit_lora", "lora", True,
                 "PEFT LoRA r=4 alpha=8 (s=2) on timm ViT fused attn.qkv Linear(32,96), mlp.fc1, mlp.fc2. "
                 "Merged = PEFT merge_and_unload().", pm, image_inputs(), ["logits"],
-                merged=peft_merged(pm), extra={"scalings": lora_scalings(pm)})
+                merged=peft_merged(pm), extra={"scalings": lora_scalings(pm)},
+                peft=[PeftOut("adapter", pm, "vit_base")])
 
 
 # ---- ZeroI2V linear adapters ---------------------------------------------------------
@@ -869,7 +898,7 @@ def case_cnn_conv_lora():
                 "stride 2 pad 1), conv3 (1x1); groups 1, dilation 1, zero padding. lora_A = conv with the "
                 "base kernel/stride/padding, lora_B = 1x1 conv. Merged = PEFT merge_and_unload().",
                 pm, image_inputs(), ["logits"], merged=peft_merged(pm),
-                extra={"scalings": lora_scalings(pm)})
+                extra={"scalings": lora_scalings(pm)}, peft=[PeftOut("adapter", pm, "cnn_base")])
 
 
 @case
@@ -1327,6 +1356,135 @@ def case_cnn_dora():
 
 
 # --------------------------------------------------------------------------------------
+# Block 3: bases for PEFT adapter folders, weighted multi-adapter, extraction fixtures
+# --------------------------------------------------------------------------------------
+
+
+@case
+def case_cnn_base():
+    seed(0)
+    m = TinyCNN()
+    perturb_vectors_(m)
+    m.eval()
+    return Case("cnn_base", "none", None,
+                "The plain TinyCNN of cnn_conv_lora (same seed and 1-D perturbation, no adapter): the base "
+                "that cnn_conv_lora/adapter applies to. Conv2d 3x3 pad 1, 3x3 stride 2 pad 1, 1x1, ReLU, "
+                "global mean, Linear(16,10).", m, image_inputs(), ["logits"])
+
+
+MULTI_PEFT_WEIGHTS = [0.7, 0.3]
+
+
+@case
+def case_bert_multi_peft():
+    from peft import LoraConfig
+
+    pa = peft_lora(tiny_bert(0), LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                            target_modules=["query", "value"]), gen_seed=3456)
+    pb = peft_lora(tiny_bert(0), LoraConfig(r=2, lora_alpha=6, lora_dropout=0.0, use_rslora=False,
+                                            target_modules=["value", "key"]), gen_seed=4567)
+    # reference: W' = W + sum_i w_i * s_i * B_i A_i, deltas summed in float64, added once, stored float32
+    deltas: dict = {}
+    for w, pm in zip(MULTI_PEFT_WEIGHTS, (pa, pb)):
+        for n, mod in pm.base_model.model.named_modules():
+            if hasattr(mod, "lora_A") and "default" in mod.lora_A:
+                A = mod.lora_A["default"].weight.detach().double()
+                B = mod.lora_B["default"].weight.detach().double()
+                deltas[n] = deltas.get(n, 0) + w * mod.scaling["default"] * (B @ A)
+    merged = tiny_bert(0)
+    with torch.no_grad():
+        for n, d in sorted(deltas.items()):
+            lin = merged.get_submodule(n)
+            lin.weight.copy_((lin.weight.double() + d).float())
+    merged.eval()
+    return Case("bert_multi_peft", "lora_weighted", True,
+                "Two separate PEFT LoRA adapters for bert_base (tiny_bert(0)), applied with weights "
+                "[0.7, 0.3]: adapter_a r=4 alpha=8 (s=2) on query/value (lora seed 3456), adapter_b r=2 "
+                "alpha=6 (s=3, use_rslora=False) on value/key (lora seed 4567); value gets both. "
+                "Reference (used for expected.npz and merged.*): W' = W + 0.7*2*B_a A_a + 0.3*3*B_b A_b, "
+                "the weighted deltas summed in float64 and added to the float32 base once. There are no "
+                "unmerged files: the input is bert_base/unmerged.{ts,dynamo}.onnx + adapter_a/ + "
+                "adapter_b/. Cross-check: PEFT add_weighted_adapter(['a','b'], [0.7,0.3], "
+                "combination_type='cat') on the reloaded folders (rel. error in "
+                "peft_add_weighted_adapter_cat_rel_err).",
+                None, bert_inputs(), BERT_OUTS, merged=wrap_bert(merged),
+                extra={"weights": MULTI_PEFT_WEIGHTS,
+                       "scalings": {"adapter_a": lora_scalings(pa), "adapter_b": lora_scalings(pb)}},
+                peft=[PeftOut("adapter_a", pa, "bert_base", MULTI_PEFT_WEIGHTS[0]),
+                      PeftOut("adapter_b", pb, "bert_base", MULTI_PEFT_WEIGHTS[1])])
+
+
+@case
+def case_bert_full_ft():
+    m = tiny_bert(0)
+    g = torch.Generator().manual_seed(5678)
+    changed = []
+    with torch.no_grad():
+        for n, mod in m.named_modules():
+            if isinstance(mod, nn.Linear):
+                mod.weight.add_(0.02 * torch.randn(mod.weight.shape, generator=g))
+                changed.append(f"{n}.weight")
+    assert len(changed) == 13, changed
+    return Case("bert_full_ft", "full_finetune", None,
+                "Extraction fixture: 'fine-tuned' tiny_bert(0) where every nn.Linear weight (per layer "
+                "query/key/value, attention.output.dense, intermediate.dense, output.dense; plus "
+                "pooler.dense: 13 matrices) got full-rank noise W += 0.02*randn (generator seed 5678; the "
+                "init std of these weights is also 0.02). Biases, LayerNorms and embeddings are unchanged. "
+                "Same graph structure and initializer names/shapes as bert_base's exports (checked), "
+                "only the values of changed_initializers differ. expected.npz = PyTorch output of the tuned "
+                "model. No merged files.", wrap_bert(m), bert_inputs(), BERT_OUTS,
+                same_graph_as="bert_base",
+                extra={"extract": {"base_case": "bert_base", "changed_parameters": changed,
+                                   "change": "W += 0.02*randn (full rank), torch.Generator seed 5678, "
+                                             "in named_modules order"}})
+
+
+LOWRANK_FT_TARGETS = ("attention.self.query", "attention.self.value", "intermediate.dense")
+
+
+@case
+def case_bert_lowrank_ft():
+    m = tiny_bert(0)
+    g = torch.Generator().manual_seed(6789)
+    deltas = {}
+    svals = {}
+    max_back = 0.0
+    with torch.no_grad():
+        for n, mod in m.named_modules():
+            if isinstance(mod, nn.Linear) and n.endswith(LOWRANK_FT_TARGETS):
+                out_f, in_f = mod.weight.shape
+                B = torch.randn(out_f, 4, generator=g, dtype=torch.float64) * 0.1
+                A = torch.randn(4, in_f, generator=g, dtype=torch.float64) * 0.1
+                w0 = mod.weight.detach().clone()
+                mod.weight.copy_((w0.double() + B @ A).float())
+                d = (mod.weight.detach() - w0).numpy()
+                deltas[n] = d
+                # base + delta in float32 is tuned only up to rounding (the subtraction was rounded)
+                back = (w0 + torch.from_numpy(d) - mod.weight.detach()).abs().max().item()
+                max_back = max(max_back, back)
+                sv = np.linalg.svd(d.astype(np.float64), compute_uv=False)
+                svals[n] = [float(f"{x:.4g}") for x in sv[:6]]
+    assert len(deltas) == 6, list(deltas)
+    return Case("bert_lowrank_ft", "lowrank_finetune", None,
+                "Extraction fixture: tiny_bert(0) with an exactly rank-4 delta B@A (B [out,4], A [4,in], "
+                "both 0.1*randn float64, generator seed 6789, in named_modules order, B drawn before A) added "
+                "in float64 to the query, value and intermediate.dense weights of both layers (6 matrices) "
+                "and stored as float32; everything else unchanged. true_delta.npz: module path (e.g. "
+                "encoder.layer.0.attention.self.query) -> the float32 delta actually applied (tuned - base "
+                "weight, [out,in], computed in float32), so it is rank 4 up to float32 rounding "
+                "(singular values in extract.delta_singular_values); base + true_delta gives the tuned "
+                "weight only up to float32 rounding (extract.base_plus_true_delta_vs_tuned_max_abs_err). "
+                "Same graph structure as bert_base (checked). expected.npz = PyTorch output of the tuned model. No merged files.",
+                wrap_bert(m), bert_inputs(), BERT_OUTS, same_graph_as="bert_base",
+                extra_npz={"true_delta.npz": deltas},
+                extra={"extract": {"base_case": "bert_base",
+                                   "changed_parameters": [f"{n}.weight" for n in deltas],
+                                   "change": "W += B@A, rank 4, float64 product, stored float32",
+                                   "rank": 4, "delta_singular_values": svals,
+                                   "base_plus_true_delta_vs_tuned_max_abs_err": max_back}})
+
+
+# --------------------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------------------
 
@@ -1340,6 +1498,153 @@ EXPORT_FLAGS = {
     # case -> (ts_kwargs, dynamo_kwargs) for the UNMERGED export
     "resnet_bn": ({"training": torch.onnx.TrainingMode.PRESERVE}, {"keep_batchnorm": True}),
 }
+
+
+def unwrap(m: nn.Module) -> nn.Module:
+    return m.m if isinstance(m, HFWrap) else m
+
+
+def rewrap(like: nn.Module, inner: nn.Module) -> nn.Module:
+    return HFWrap(inner, like.in_keys, like.out_keys).eval() if isinstance(like, HFWrap) else inner.eval()
+
+
+def base_case_model(base_case: str) -> nn.Module:
+    """A fresh instance of a base case's (possibly HFWrap-wrapped) model."""
+    c = dict(CASES)[base_case]()
+    assert c.unmerged is not None and c.merged is None, base_case
+    return c.unmerged
+
+
+def peft_base_state(pm) -> dict:
+    """The PEFT model's base parameters/buffers under the plain model's names."""
+    out = {}
+    for k, v in pm.get_base_model().state_dict().items():
+        if "lora_" in k or "ia3_" in k:
+            continue
+        out[k.replace(".base_layer.", ".")] = v
+    return out
+
+
+def save_peft_adapter(pm, d: Path) -> None:
+    """save_pretrained, minus the generated model card (README.md), with the config made
+    deterministic: PEFT stores target_modules as a set and writes it in hash order (varies run to
+    run with PYTHONHASHSEED), so list-valued module fields are sorted; auto_mapping of a class defined
+    in this script ("__main__" or the module name, depending on how it is run) is set to null. The
+    config is rewritten exactly as PEFT writes it (json.dumps(indent=2, sort_keys=True)). It must not
+    hold local paths (base_model_name_or_path is null for models built from a config)."""
+    pm.save_pretrained(str(d))
+    (d / "README.md").unlink(missing_ok=True)
+    names = sorted(p.name for p in d.iterdir())
+    assert names == ["adapter_config.json", "adapter_model.safetensors"], names
+    cfg_path = d / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    for k in ("target_modules", "modules_to_save", "exclude_modules", "feedforward_modules"):
+        if isinstance(cfg.get(k), list):
+            cfg[k] = sorted(cfg[k])
+    am = cfg.get("auto_mapping")
+    if am and am.get("parent_library") in ("__main__", __name__):
+        cfg["auto_mapping"] = None
+    text = json.dumps(cfg, indent=2, sort_keys=True)
+    cfg_path.write_text(text)
+    assert str(ROOT) not in text and "/tmp" not in text and "/work" not in text, text
+    assert cfg.get("base_model_name_or_path") is None
+
+
+def write_peft_adapters(name: str, c: Case, out: Path, expected: dict) -> tuple[dict, list]:
+    """Write c.peft folders, assert that each PEFT model's base weights equal its base case's model,
+    reload the folders onto a fresh base with PeftModel.from_pretrained and compare with expected.npz
+    (several folders: PEFT add_weighted_adapter(cat) with the recorded weights)."""
+    from peft import PeftModel
+    from peft.utils import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    failed = []
+    infos = []
+    for p in c.peft:
+        d = out / p.subdir
+        save_peft_adapter(p.pm, d)
+        base = base_case_model(p.base_case)
+        bs, ps = unwrap(base).state_dict(), peft_base_state(p.pm)
+        if sorted(bs) != sorted(ps) or any(not torch.equal(bs[k], ps[k]) for k in bs):
+            failed.append(f"{p.subdir}: PEFT base weights differ from {p.base_case}'s model")
+        tensors = {}
+        with safe_open(str(d / "adapter_model.safetensors"), "pt") as f:
+            for k in f.keys():
+                t = f.get_tensor(k)
+                tensors[k] = f"{str(t.dtype).removeprefix('torch.')} {list(t.shape)}"
+        info = {"dir": f"{name}/{p.subdir}", "base_case": p.base_case,
+                "base_files": {"ts": f"{p.base_case}/unmerged.ts.onnx",
+                               "dynamo": f"{p.base_case}/unmerged.dynamo.onnx"}}
+        if p.weight is not None:
+            info["weight"] = p.weight
+        info["tensors"] = tensors
+        infos.append(info)
+
+    feeds = tuple(c.inputs.values())
+    base = base_case_model(c.peft[0].base_case)
+    names = ["default"] if len(c.peft) == 1 else [f"a{i}" for i in range(len(c.peft))]
+    loaded = PeftModel.from_pretrained(unwrap(base), str(out / c.peft[0].subdir), adapter_name=names[0])
+    for p, an in zip(c.peft[1:], names[1:]):
+        loaded.load_adapter(str(out / p.subdir), adapter_name=an)
+    for p, an in zip(c.peft, names):  # the folders hold exactly the adapter tensors of the PEFT model
+        a = get_peft_model_state_dict(p.pm)
+        b = get_peft_model_state_dict(loaded, adapter_name=an)
+        if sorted(a) != sorted(b) or any(not torch.equal(a[k], b[k]) for k in a):
+            failed.append(f"{p.subdir}: reloaded adapter tensors differ")
+    if len(c.peft) > 1:
+        loaded.add_weighted_adapter(names, [p.weight for p in c.peft], "combined", combination_type="cat")
+        loaded.set_adapter("combined")
+    loaded.eval()
+    with torch.no_grad():
+        got = to_tuple(rewrap(base, loaded)(*feeds))
+    errs = {k: rel_err(v.float().numpy(), expected[k]) for k, v in zip(c.output_names, got)}
+    key = "reload_rel_err" if len(c.peft) == 1 else "peft_add_weighted_adapter_cat_rel_err"
+    if max(errs.values()) > 1e-6:
+        failed.append(f"PEFT reload of the adapter folder(s) vs expected.npz: {errs}")
+    if len(c.peft) == 1:
+        infos[0][key] = errs
+        return {"peft_adapter": infos[0]}, failed
+    return {"peft_adapters": infos, key: errs}, failed
+
+
+def compare_graph_structure(path: Path, base_path: Path, params: dict) -> dict:
+    """Same nodes (op_type, domain, name, inputs, outputs, attributes), graph inputs/outputs, opsets
+    and initializer names/dtypes/shapes (in order); report which initializers' values differ and which
+    changed parameter (name -> array in params) each one holds, as stored or transposed."""
+    from onnx import numpy_helper
+
+    a, b = onnx.load(str(path)), onnx.load(str(base_path))
+    diffs = []
+    if a.ir_version != b.ir_version or list(a.opset_import) != list(b.opset_import):
+        diffs.append("ir_version/opset_import")
+    for what in ("input", "output"):
+        if [x.SerializeToString() for x in getattr(a.graph, what)] != \
+                [x.SerializeToString() for x in getattr(b.graph, what)]:
+            diffs.append(f"graph {what}s")
+    if len(a.graph.node) != len(b.graph.node):
+        diffs.append(f"node count {len(a.graph.node)} != {len(b.graph.node)}")
+    for i, (na, nb) in enumerate(zip(a.graph.node, b.graph.node)):
+        if (na.op_type, na.domain, na.name, list(na.input), list(na.output)) != \
+                (nb.op_type, nb.domain, nb.name, list(nb.input), list(nb.output)) or \
+                [x.SerializeToString() for x in na.attribute] != [x.SerializeToString() for x in nb.attribute]:
+            diffs.append(f"node {i}: {na.op_type} {na.name} vs {nb.op_type} {nb.name}")
+    ia = [(t.name, t.data_type, list(t.dims)) for t in a.graph.initializer]
+    ib = [(t.name, t.data_type, list(t.dims)) for t in b.graph.initializer]
+    if ia != ib:
+        diffs.append("initializer names/dtypes/shapes")
+    changed = {}
+    if ia == ib:
+        for ta, tb in zip(a.graph.initializer, b.graph.initializer):
+            arr = numpy_helper.to_array(ta)
+            if not np.array_equal(arr, numpy_helper.to_array(tb)):
+                hits = [n for n, v in params.items() if np.array_equal(arr, v)] + \
+                       [f"{n} (transposed)" for n, v in params.items() if v.ndim == 2 and np.array_equal(arr, v.T)]
+                changed[ta.name] = hits[0] if len(hits) == 1 else hits
+        holders = [v for v in changed.values() if isinstance(v, str)]
+        if len(holders) != len(changed) or sorted(h.removesuffix(" (transposed)") for h in holders) != sorted(params):
+            diffs.append(f"changed initializers do not map one-to-one to the changed parameters: {changed}")
+    return {"base_file": base_path.relative_to(ROOT).as_posix(), "same_structure": not diffs,
+            "differences": diffs[:20], "changed_initializers": changed}
 
 
 def build_and_write(name: str, fn: Callable[[], Case]) -> dict:
@@ -1359,9 +1664,12 @@ def build_and_write(name: str, fn: Callable[[], Case]) -> dict:
     if c.merged_notes:
         entry["merged_notes"] = c.merged_notes
     entry.update(c.extra)
-    c.unmerged.eval()
+    ref_model = c.unmerged if c.unmerged is not None else c.merged
+    if c.unmerged is None:
+        entry["expected_from"] = "merged"
+    ref_model.eval()
     with torch.no_grad():
-        exp = to_tuple(c.unmerged(*c.inputs.values()))
+        exp = to_tuple(ref_model(*c.inputs.values()))
     assert len(exp) == len(c.output_names), (name, len(exp), c.output_names)
     expected = {k: v.detach().float().numpy() for k, v in zip(c.output_names, exp)}
     feeds = {k: v.numpy() for k, v in c.inputs.items()}
@@ -1373,7 +1681,9 @@ def build_and_write(name: str, fn: Callable[[], Case]) -> dict:
     entry["output_shapes"] = {k: list(v.shape) for k, v in expected.items()}
 
     merged_expected = None
-    if c.merged is not None:
+    if c.unmerged is None:
+        merged_expected = expected
+    elif c.merged is not None:
         c.merged.eval()
         with torch.no_grad():
             mexp = to_tuple(c.merged(*c.inputs.values()))
@@ -1388,8 +1698,10 @@ def build_and_write(name: str, fn: Callable[[], Case]) -> dict:
         entry["files"]["calibration"] = f"{name}/calibration.npz"
 
     ts_kw, dy_kw = EXPORT_FLAGS.get(name, ({}, {}))
-    jobs = [("unmerged_ts", "unmerged.ts.onnx", c.unmerged, False, ts_kw, {}),
-            ("unmerged_dynamo", "unmerged.dynamo.onnx", c.unmerged, True, {}, dy_kw)]
+    jobs = []
+    if c.unmerged is not None:
+        jobs += [("unmerged_ts", "unmerged.ts.onnx", c.unmerged, False, ts_kw, {}),
+                 ("unmerged_dynamo", "unmerged.dynamo.onnx", c.unmerged, True, {}, dy_kw)]
     if c.merged is not None:
         jobs += [("merged_ts", "merged.ts.onnx", c.merged, False, {}, {}),
                  ("merged_dynamo", "merged.dynamo.onnx", c.merged, True, {}, {})]
@@ -1413,8 +1725,37 @@ def build_and_write(name: str, fn: Callable[[], Case]) -> dict:
             g = run_ort(path, feeds)
             rep["approx_rel_err_vs_unmerged"] = {k: rel_err(g[k], expected[k]) for k in expected if k in g}
         entry["checks"][key] = rep
-    for p in sorted(out.iterdir()):
-        entry["sizes"][p.name] = p.stat().st_size
+    failed = []
+    for fname, arrays in c.extra_npz.items():
+        np.savez(out / fname, **arrays)
+        entry["files"][fname.removesuffix(".npz")] = f"{name}/{fname}"
+    if c.same_graph_as:
+        gv = {}
+        sd = unwrap(c.unmerged).state_dict()
+        changed_params = {n: sd[n].numpy() for n in entry["extract"]["changed_parameters"]}
+        for key, fname in (("unmerged_ts", "unmerged.ts.onnx"), ("unmerged_dynamo", "unmerged.dynamo.onnx")):
+            if key not in entry["files"]:
+                continue
+            r = compare_graph_structure(out / fname, ROOT / c.same_graph_as / fname, changed_params)
+            gv[key] = r
+            if not r["same_structure"]:
+                failed.append(f"{key}: graph structure differs from {r['base_file']}: {r['differences']}")
+        entry.setdefault("extract", {})["graph_vs_base"] = gv
+    if c.peft:
+        try:
+            info, f = write_peft_adapters(name, c, out, expected)
+            entry.update(info)
+            failed += f
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            failed.append(f"PEFT adapter folders: {type(e).__name__}: {e}")
+    if failed:
+        entry["failed_checks"] = failed
+        for f in failed:
+            print(f"  !! {name}: {f}")
+    for p in sorted(out.rglob("*")):
+        if p.is_file():
+            entry["sizes"][p.relative_to(out).as_posix()] = p.stat().st_size
     return entry
 
 
@@ -1473,6 +1814,7 @@ def main(argv):
     for e in entries:
         if "build_error" in e:
             bad += 1
+        bad += len(e.get("failed_checks", []))
         row = []
         for c in cols:
             if c in e.get("exporter_errors", {}):
