@@ -226,7 +226,7 @@ fn plan_cost(g: &Graph, p: &RootPlan) -> (u64, usize, u64) {
             && p.sources[0]
                 .anchor
                 .is_some_and(|a| g.node(a).op_type == "Gemm")
-            && b.ndim() <= 1;
+            && row_vector(b);
         if !gemm_bias {
             nodes += 1;
         }
@@ -234,6 +234,12 @@ fn plan_cost(g: &Graph, p: &RootPlan) -> (u64, usize, u64) {
         params += b.len() as u64;
     }
     (macs, nodes.max(1), params)
+}
+
+/// Whether a bias can be Gemm's `C` as a vector: a scalar, a vector, or a `[1, n]` row (Gemm's
+/// output is a matrix, so a row broadcasts the same way a vector does).
+fn row_vector(b: &ArrayD<f64>) -> bool {
+    b.ndim() <= 1 || (b.ndim() == 2 && b.shape()[0] == 1)
 }
 
 /// A short description of what a root's branches were, for the report.
@@ -496,7 +502,7 @@ fn build_root(
                     node.inputs = vec![Some(input), Some(w)];
                     if single
                         && let Some(b) = &p.bias
-                        && b.ndim() <= 1
+                        && row_vector(b)
                     {
                         let bv: Array1<f64> = if b.ndim() == 0 {
                             Array1::from_elem(cols, b.iter().next().copied().unwrap_or(0.0))
