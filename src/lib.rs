@@ -7,6 +7,7 @@
 pub mod error;
 pub mod eval;
 pub mod ir;
+pub mod lowrank;
 pub mod onnx;
 pub mod text;
 pub mod verify;
@@ -15,4 +16,6 @@ pub use error::{Error, Result};
 pub mod driver;
 #[path = "../passes/mod.rs"]
 pub mod passes;
+pub mod peft;
 pub mod rewrite;
+pub mod surgery;

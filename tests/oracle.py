@@ -4,6 +4,8 @@ Usage (each prints one JSON object on stdout):
   oracle.py check FILE...                 onnx.checker.check_model(full_check=True) on each file
   oracle.py compare A B [--inputs NPZ] [--exact] [--rtol R]
                                           run A and B in ONNX Runtime on the same inputs, compare
+  oracle.py compare-many JOBS.json        run `compare` for each {"a","b","inputs","rtol","exact"} in
+                                          a JSON list; answers a list in the same order
   oracle.py parse-text FILE...            onnx.parser.parse_model on each text file
   oracle.py edge-cases DIR                write hand-made edge-case models into DIR
 """
@@ -233,6 +235,16 @@ def main(argv):
         if "--rtol" in rest:
             rtol = float(rest[rest.index("--rtol") + 1])
         res = compare(a, b, inputs, exact, rtol)
+    elif cmd == "compare-many":
+        with open(argv[2]) as f:
+            jobs = json.load(f)
+        res = []
+        for j in jobs:
+            try:
+                res.append(compare(j["a"], j["b"], j.get("inputs"), j.get("exact", False),
+                                   j.get("rtol", 1e-4)))
+            except Exception as e:  # noqa: BLE001 - report every failure as text
+                res.append({"ok": False, "error": f"{type(e).__name__}: {e}"})
     elif cmd == "parse-text":
         res = parse_text(argv[2:])
     elif cmd == "edge-cases":

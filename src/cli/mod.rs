@@ -9,6 +9,7 @@ macro_rules! outln {
 }
 
 mod fold;
+mod insert;
 mod inspect;
 mod opt;
 mod textio;
@@ -56,6 +57,10 @@ enum Command {
     /// branches, ...) back into the base weights, check the result numerically and report.
     #[command(after_help = fold::AFTER_HELP)]
     Fold(fold::Args),
+    /// Put adapters (LoRA, DoRA, IA3, linear, bottleneck) into a graph at the nodes a pattern
+    /// selects.
+    #[command(after_help = insert::AFTER_HELP)]
+    Insert(insert::Args),
     /// Compare two models' outputs on the CPU evaluator with the same inputs.
     #[command(
         after_help = "Example:\n  graft verify model.onnx folded.onnx\n  graft verify a.onnx b.onnx --inputs inputs.npz --tolerance 1e-5"
@@ -83,6 +88,7 @@ pub fn main() -> i32 {
             Ok(code) => return code,
             Err(e) => Err(e),
         },
+        Command::Insert(a) => insert::run(a),
         Command::Verify(a) => match verify::run(a) {
             Ok(code) => return code,
             Err(e) => Err(e),
