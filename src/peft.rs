@@ -609,7 +609,7 @@ fn classify_key(key: &str) -> KeyClass {
 }
 
 /// Converts a stored tensor to f32 (f32, f16, bf16, f64 accepted) and refuses non-finite values.
-fn tensor_f32(
+pub fn tensor_f32(
     file: &Path,
     key: &str,
     view: &safetensors::tensor::TensorView,

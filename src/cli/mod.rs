@@ -8,6 +8,7 @@ macro_rules! outln {
     }};
 }
 
+mod apply;
 mod fold;
 mod insert;
 mod inspect;
@@ -61,6 +62,10 @@ enum Command {
     /// selects.
     #[command(after_help = insert::AFTER_HELP)]
     Insert(insert::Args),
+    /// Apply PEFT adapter folders (LoRA, DoRA, IA3) to an ONNX export of the base model,
+    /// merged into the weights or as branches, without PyTorch.
+    #[command(after_help = apply::AFTER_HELP)]
+    Apply(apply::Args),
     /// Compare two models' outputs on the CPU evaluator with the same inputs.
     #[command(
         after_help = "Example:\n  graft verify model.onnx folded.onnx\n  graft verify a.onnx b.onnx --inputs inputs.npz --tolerance 1e-5"
@@ -89,6 +94,10 @@ pub fn main() -> i32 {
             Err(e) => Err(e),
         },
         Command::Insert(a) => insert::run(a),
+        Command::Apply(a) => match apply::run(a) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Verify(a) => match verify::run(a) {
             Ok(code) => return code,
             Err(e) => Err(e),

@@ -137,7 +137,7 @@ pub fn place(
 
 /// Stores `m` (x·M form) as `t`'s weight in the node's layout. A weight other nodes also read
 /// (tied embeddings, shared constants) is cloned first so they keep the original.
-fn replace_weight(g: &mut Graph, t: &Target, m: &Array2<f64>) -> Result<()> {
+pub fn replace_weight(g: &mut Graph, t: &Target, m: &Array2<f64>) -> Result<()> {
     let old = g
         .constant(t.weight)
         .ok_or_else(|| Error::tensor(&g.value(t.weight).name, "the weight is gone"))?;

@@ -2,6 +2,7 @@
 //! checkpoint to an ONNX base (`graft apply`) and pulling a low-rank adapter out of a
 //! fine-tune (`graft extract`).
 
+pub mod apply;
 pub mod emit;
 pub mod insert;
 pub mod params;
