@@ -9,6 +9,7 @@ macro_rules! outln {
 }
 
 mod apply;
+mod extract;
 mod fold;
 mod insert;
 mod inspect;
@@ -66,6 +67,10 @@ enum Command {
     /// merged into the weights or as branches, without PyTorch.
     #[command(after_help = apply::AFTER_HELP)]
     Apply(apply::Args),
+    /// Extract a LoRA adapter (PEFT folder) from a fine-tuned model by truncated SVD of each
+    /// weight's change.
+    #[command(after_help = extract::AFTER_HELP)]
+    Extract(extract::Args),
     /// Compare two models' outputs on the CPU evaluator with the same inputs.
     #[command(
         after_help = "Example:\n  graft verify model.onnx folded.onnx\n  graft verify a.onnx b.onnx --inputs inputs.npz --tolerance 1e-5"
@@ -94,6 +99,7 @@ pub fn main() -> i32 {
             Err(e) => Err(e),
         },
         Command::Insert(a) => insert::run(a),
+        Command::Extract(a) => extract::run(a),
         Command::Apply(a) => match apply::run(a) {
             Ok(code) => return code,
             Err(e) => Err(e),

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod emit;
+pub mod extract;
 pub mod insert;
 pub mod params;
 pub mod target;
