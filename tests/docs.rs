@@ -60,7 +60,9 @@ fn passes_md_is_in_sync() {
 
 #[test]
 fn every_subcommand_has_help_with_an_example() {
-    for sub in ["inspect", "print", "convert", "opt", "fold", "verify"] {
+    for sub in [
+        "inspect", "print", "convert", "opt", "fold", "verify", "insert", "apply", "extract",
+    ] {
         let o = run_graft(&[sub, "--help"]);
         assert!(o.status.success(), "{sub} --help failed");
         let text = stdout(&o);
