@@ -320,10 +320,16 @@ fn build_root(
         .unwrap_or(crate::ir::dtype::code::FLOAT);
     let mut nodes: Vec<Node> = Vec::new();
     let mut produced: Vec<ValueId> = Vec::new();
-    let single = p.sources.len() == 1;
+    // The bias goes into the Gemm of the first source built as one (Gemm adds it once).
+    let bias_source = p.bias.as_ref().filter(|b| row_vector(b)).and_then(|_| {
+        p.sources.iter().position(|s| {
+            matches!(s.combined, Combined::Dense(_) | Combined::Patched { .. })
+                && s.anchor.is_some_and(|a| removed[&a].op_type == "Gemm")
+        })
+    });
     let mut bias_done = false;
     let mut flattened = false;
-    for s in &p.sources {
+    for (si, s) in p.sources.iter().enumerate() {
         let sv = s.source.value();
         if let Source::OneHot(ids) = s.source {
             if s.combined.dim().is_none() {
@@ -500,7 +506,7 @@ fn build_root(
                     }
                     let old_bias = node.inputs.get(2).copied().flatten();
                     node.inputs = vec![Some(input), Some(w)];
-                    if single
+                    if bias_source == Some(si)
                         && let Some(b) = &p.bias
                         && row_vector(b)
                     {
@@ -545,6 +551,34 @@ fn build_root(
             }
         };
         produced.push(v);
+    }
+    // Sources may group rows differently (a flattened Gemm input next to a residual of the
+    // original rank): bring each to the root's shape before adding when the element counts
+    // agree, so the sum does not broadcast two layouts of the same rows against each other.
+    if produced.len() > 1
+        && let Some(out_shape) = static_shape(g, p.output)
+        && let Some(width) = width_of(g, p.output)
+    {
+        let total: i64 = out_shape.iter().product();
+        for (i, s) in p.sources.iter().enumerate() {
+            let Some(mut sh) = static_shape(g, s.source.value()) else {
+                continue;
+            };
+            match s.source {
+                Source::Value(_) => {
+                    if let Some(last) = sh.last_mut() {
+                        *last = width as i64;
+                    }
+                }
+                Source::OneHot(_) => sh.push(width as i64),
+            }
+            if sh != out_shape && sh.iter().product::<i64>() == total {
+                let (n, r) =
+                    reshape_node(g, produced[i], &out_shape, &format!("{out_name}_regrouped"));
+                nodes.push(n);
+                produced[i] = r;
+            }
+        }
     }
     // Combine sources.
     let mut acc = crate::rewrite::add_chain(g, &produced, &out_name, &mut nodes);

@@ -228,6 +228,34 @@ impl Graph {
                 val.name
             )));
         }
+        // A declared type that no longer fits the tensor (a reused name for a reshaped or
+        // retyped weight) would contradict it in the saved file: drop it.
+        let fits = |ty: &Option<TypeProto>| match ty.as_ref().and_then(|t| t.value.as_ref()) {
+            Some(onnx_protobuf::type_proto::Value::TensorType(tt)) => {
+                tt.elem_type == tensor.dtype
+                    && tt.shape.as_ref().is_none_or(|sh| {
+                        sh.dim.len() == tensor.dims.len()
+                            && sh
+                                .dim
+                                .iter()
+                                .zip(&tensor.dims)
+                                .all(|(d, &n)| !d.has_dim_value() || d.dim_value() == n)
+                    })
+            }
+            _ => true,
+        };
+        if !fits(&val.ty) {
+            val.ty = None;
+        }
+        if val
+            .info
+            .as_ref()
+            .is_some_and(|i| !fits(&i.type_.clone().into_option()))
+        {
+            val.info = None;
+            self.value_info_order.retain(|&x| x != v);
+        }
+        let val = self.value_mut(v);
         let was = val.initializer.replace(tensor).is_some();
         if !was {
             self.initializer_order.push(v);
