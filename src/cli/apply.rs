@@ -147,7 +147,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             code = 1;
         }
     }
-    super::emit(&o);
+    super::opt::emit_human(&o, a.report.as_deref());
     if code != 0 {
         eprintln!("error: the merged and branch forms disagree; nothing written");
         return Ok(code);
@@ -163,7 +163,7 @@ fn finish(
     o: String,
     n_adapters: usize,
 ) -> anyhow::Result<i32> {
-    super::emit(&o);
+    super::opt::emit_human(&o, a.report.as_deref());
     let out = match (&a.output, a.write.in_place) {
         (Some(o), _) => o.clone(),
         (None, _) => a.model.clone(),

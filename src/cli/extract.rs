@@ -157,7 +157,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             );
         }
     }
-    super::emit(&o);
+    super::opt::emit_human(&o, a.report.as_deref());
     eprintln!(
         "graft extract: {} layer{} -> {}",
         x.layers.len(),

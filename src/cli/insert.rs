@@ -113,7 +113,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         outln!(o, "  skipped {}  ({}): {}", s.target, s.node, s.reason);
     }
     if a.dry_run {
-        super::emit(&o);
+        super::opt::emit_human(&o, a.report.as_deref());
         return Ok(());
     }
     graft::ir::verify(&model.graph).context("the graph after insertion")?;
@@ -122,7 +122,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         (None, _) => a.model.clone(),
     };
     super::opt::save_any(model, &out, &a.model, &a.write)?;
-    super::emit(&o);
+    super::opt::emit_human(&o, a.report.as_deref());
     let tensors: usize = placed.iter().map(|p| p.tensors.len()).sum();
     let nodes: usize = placed.iter().map(|p| p.nodes_added).sum();
     eprintln!(

@@ -152,6 +152,20 @@ pub fn dump_fn<'a>(
 }
 
 /// Writes a run report where `--report` says.
+/// Whether `--report` sends JSON to standard output (then human output goes to standard error).
+pub fn report_on_stdout(spec: Option<&str>) -> bool {
+    matches!(spec, Some("json") | Some("json=-"))
+}
+
+/// Prints human output: to standard output, or to standard error when JSON goes there.
+pub fn emit_human(text: &str, report: Option<&str>) {
+    if report_on_stdout(report) {
+        eprint!("{text}");
+    } else {
+        super::emit(text);
+    }
+}
+
 pub fn write_report(spec: &str, report: &impl serde::Serialize) -> anyhow::Result<()> {
     let (fmt, file) = match spec.split_once('=') {
         Some((f, p)) => (f, Some(p)),

@@ -246,7 +246,18 @@ fn torchscript_scope(name: &str) -> Option<String> {
     if parts.len() < 2 || parts.iter().any(|p| p.is_empty()) {
         return None;
     }
-    Some(parts[..parts.len() - 1].join("."))
+    // TorchScript writes a container's child as `blocks/blocks.0`: keep the longer name.
+    let mut path: Vec<&str> = Vec::new();
+    for p in &parts[..parts.len() - 1] {
+        if let Some(prev) = path.last()
+            && p.strip_prefix(prev)
+                .is_some_and(|rest| rest.starts_with('.'))
+        {
+            path.pop();
+        }
+        path.push(p);
+    }
+    Some(path.join("."))
 }
 
 /// Every node an adapter can attach to, in graph order.
@@ -412,6 +423,10 @@ mod tests {
         assert_eq!(
             torchscript_scope("/m/encoder/layer.0/attention/self/query/MatMul").as_deref(),
             Some("m.encoder.layer.0.attention.self.query")
+        );
+        assert_eq!(
+            torchscript_scope("/blocks/blocks.0/attn/qkv/MatMul").as_deref(),
+            Some("blocks.0.attn.qkv")
         );
         assert_eq!(torchscript_scope("node_MatMul_58"), None);
         assert_eq!(torchscript_scope("/MatMul"), None);
