@@ -7,9 +7,22 @@
 //! ```
 //!
 //! The harness runs `graft opt <case> --passes <pipeline> --dump-graph --weights full` and
-//! compares standard output with `<case>.expected` next to it. `UPDATE_EXPECT=1 cargo test`
-//! rewrites expected files; under `CI=true` nothing is rewritten, a missing expected file fails
-//! and an expected file without a case fails.
+//! compares standard output with `<case>.expected` next to it.
+//!
+//! A case can instead name a whole graft command (words split on whitespace, no shell quoting):
+//!
+//! ```text
+//! # command: insert --adapter lora --target q --init random:1
+//! ```
+//!
+//! The harness then runs `graft <command words> <case file> -o <tmp>/out.onnxtxt` in the case's
+//! folder, and the golden is the command's standard output, then (only when it fails) its exit
+//! code and standard error, then the text of `out.onnxtxt` as graft's text writer left it
+//! (weights in full), or a line saying no file was written. The temporary folder's path reads
+//! `<tmp>`.
+//!
+//! `UPDATE_EXPECT=1 cargo test` rewrites expected files; under `CI=true` nothing is rewritten,
+//! a missing expected file fails and an expected file without a case fails.
 
 mod common;
 use common::*;
@@ -31,14 +44,18 @@ fn cases(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-struct Case {
-    pipeline: String,
-    args: Vec<String>,
+/// What a case asks the harness to run.
+enum Case {
+    /// `graft opt --passes <pipeline> ... <args>`.
+    Pipeline { pipeline: String, args: Vec<String> },
+    /// `graft <words> <case> -o <tmp>/out.onnxtxt`.
+    Command(Vec<String>),
 }
 
 fn directives(path: &Path) -> Result<Case, String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let mut pipeline = None;
+    let mut command = None;
     let mut args = Vec::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix('#') else {
@@ -49,15 +66,33 @@ fn directives(path: &Path) -> Result<Case, String> {
             pipeline = Some(p.trim().to_string());
         } else if let Some(a) = rest.strip_prefix("args:") {
             args.extend(a.split_whitespace().map(String::from));
+        } else if let Some(c) = rest.strip_prefix("command:") {
+            let words: Vec<String> = c.split_whitespace().map(String::from).collect();
+            if words.is_empty() {
+                return Err("`# command:` names no command".into());
+            }
+            command = Some(words);
         }
     }
-    Ok(Case {
-        pipeline: pipeline.ok_or("no `# pipeline:` line at the top")?,
-        args,
-    })
+    match (pipeline, command) {
+        (Some(_), Some(_)) => Err("both `# pipeline:` and `# command:`; give one".into()),
+        (Some(pipeline), None) => Ok(Case::Pipeline { pipeline, args }),
+        (None, Some(words)) if args.is_empty() => Ok(Case::Command(words)),
+        (None, Some(_)) => {
+            Err("`# args:` goes with `# pipeline:`; put the words in `# command:`".into())
+        }
+        (None, None) => Err("no `# pipeline:` or `# command:` line at the top".into()),
+    }
 }
 
 fn run_case(path: &Path, case: &Case) -> Result<String, String> {
+    match case {
+        Case::Pipeline { pipeline, args } => run_pipeline(path, pipeline, args),
+        Case::Command(words) => run_command(path, words),
+    }
+}
+
+fn run_pipeline(path: &Path, pipeline: &str, args: &[String]) -> Result<String, String> {
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let out = tmp.path().join("out.onnx");
     let mut cmd = graft();
@@ -65,14 +100,14 @@ fn run_case(path: &Path, case: &Case) -> Result<String, String> {
         .arg(path)
         .args([
             "--passes",
-            &case.pipeline,
+            pipeline,
             "--dump-graph",
             "--weights",
             "full",
             "-o",
         ])
         .arg(&out)
-        .args(&case.args);
+        .args(args);
     let o = cmd.output().map_err(|e| e.to_string())?;
     let mut text = stdout(&o);
     if !o.status.success() {
@@ -85,6 +120,46 @@ fn run_case(path: &Path, case: &Case) -> Result<String, String> {
         text.push('\n');
     }
     Ok(text)
+}
+
+/// Runs `graft <words> <case file name> -o <tmp>/out.onnxtxt` in the case's folder (so messages
+/// name the file as the case does, whatever the checkout's path).
+fn run_command(path: &Path, words: &[String]) -> Result<String, String> {
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let out = tmp.path().join("out.onnxtxt");
+    let dir = path.parent().ok_or("case without a folder")?;
+    let file = path.file_name().ok_or("case without a file name")?;
+    let o = graft()
+        .current_dir(dir)
+        .args(words)
+        .arg(file)
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let mut text = stdout(&o);
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    if !o.status.success() {
+        text.push_str(&format!(
+            "# exit {}\n# {}\n",
+            o.status.code().unwrap_or(-1),
+            stderr(&o).trim_end().replace('\n', "\n# ")
+        ));
+    }
+    match std::fs::read_to_string(&out) {
+        Ok(written) => {
+            text.push_str("# --- out.onnxtxt ---\n");
+            text.push_str(&written);
+            if !written.ends_with('\n') {
+                text.push('\n');
+            }
+        }
+        Err(_) => text.push_str("# --- no out.onnxtxt written ---\n"),
+    }
+    let tmp_text = tmp.path().to_string_lossy().to_string();
+    Ok(text.replace(&tmp_text, "<tmp>"))
 }
 
 #[test]

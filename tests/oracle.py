@@ -8,6 +8,11 @@ Usage (each prints one JSON object on stdout):
                                           a JSON list; answers a list in the same order
   oracle.py parse-text FILE...            onnx.parser.parse_model on each text file
   oracle.py edge-cases DIR                write hand-made edge-case models into DIR
+  oracle.py compare-npz MODEL INPUTS EXPECTED [--rtol R]
+                                          run MODEL in ONNX Runtime on INPUTS (npz) and compare each
+                                          output with the array of that name in EXPECTED (npz)
+  oracle.py compare-npz --many JOBS.json  the same for each {"model","inputs","expected","rtol"} in a
+                                          JSON list; answers a list in the same order
 """
 import json
 import os
@@ -220,6 +225,43 @@ def edge_cases(d):
     return {"made": made}
 
 
+def compare_npz(model, inputs, expected, rtol=1e-4):
+    """Runs `model` on the arrays of `inputs` and compares every output with `expected[name]`
+    (relative Frobenius error <= rtol). An output missing from `expected`, or an expected array
+    the model does not produce, is a failure."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = 1
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    data = np.load(inputs)
+    missing = [i.name for i in sess.get_inputs() if i.name not in data]
+    if missing:
+        return {"ok": False, "error": f"inputs missing from {inputs}: {missing}"}
+    feeds = {i.name: data[i.name] for i in sess.get_inputs()}
+    want = np.load(expected)
+    names = [o.name for o in sess.get_outputs()]
+    if sorted(names) != sorted(want.files):
+        return {"ok": False, "error": f"outputs {names} vs expected {sorted(want.files)}"}
+    ok = True
+    outputs = {}
+    for n, y in zip(names, sess.run(None, feeds)):
+        x = np.asarray(want[n]).astype(np.float64)
+        y = np.asarray(y)
+        rec = {"shape": list(y.shape)}
+        if x.shape != y.shape:
+            rec["error"] = f"shape {list(y.shape)} vs expected {list(x.shape)}"
+            ok = False
+        else:
+            yf = y.astype(np.float64)
+            rel = float(np.linalg.norm(yf - x) / max(np.linalg.norm(x), 1e-30))
+            rec.update({"rel_fro": rel, "max_abs": float(np.max(np.abs(yf - x))) if x.size else 0.0})
+            ok &= rel <= rtol
+        outputs[n] = rec
+    return {"ok": bool(ok), "outputs": outputs}
+
+
 def main(argv):
     cmd = argv[1]
     if cmd == "check":
@@ -249,6 +291,21 @@ def main(argv):
         res = parse_text(argv[2:])
     elif cmd == "edge-cases":
         res = edge_cases(argv[2])
+    elif cmd == "compare-npz":
+        rest = argv[2:]
+        if rest[0] == "--many":
+            with open(rest[1]) as f:
+                jobs = json.load(f)
+            res = []
+            for j in jobs:
+                try:
+                    res.append(compare_npz(j["model"], j["inputs"], j["expected"],
+                                           j.get("rtol", 1e-4)))
+                except Exception as e:  # noqa: BLE001 - report every failure as text
+                    res.append({"ok": False, "error": f"{type(e).__name__}: {e}"})
+        else:
+            rtol = float(rest[rest.index("--rtol") + 1]) if "--rtol" in rest else 1e-4
+            res = compare_npz(rest[0], rest[1], rest[2], rtol)
     else:
         raise SystemExit(f"unknown command {cmd}")
     print(json.dumps(res))

@@ -124,3 +124,67 @@ pub fn inputs_for(model: &Path) -> Option<PathBuf> {
     }
     None
 }
+
+// ---- Helpers for tests/apply.rs and tests/extract.rs (PEFT folders, manifest, batched oracle) ----
+
+/// The `cases` list of models/manifest.json.
+pub fn manifest_cases() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(repo().join("models/manifest.json")).expect("manifest");
+    let m: serde_json::Value = serde_json::from_str(&text).expect("manifest is JSON");
+    m["cases"].as_array().expect("cases").clone()
+}
+
+/// One manifest case by name.
+pub fn manifest_case(name: &str) -> serde_json::Value {
+    manifest_cases()
+        .into_iter()
+        .find(|c| c["case"] == name)
+        .unwrap_or_else(|| panic!("manifest has no case {name}"))
+}
+
+/// A path the manifest gives relative to models/.
+pub fn model_file(rel: &serde_json::Value) -> PathBuf {
+    repo()
+        .join("models")
+        .join(rel.as_str().unwrap_or_else(|| panic!("not a path: {rel}")))
+}
+
+/// `graft inspect FILE --json`.
+pub fn inspect_json(model: &Path) -> serde_json::Value {
+    let o = run_graft(&["inspect", model.to_str().expect("utf8"), "--json"]);
+    assert!(
+        o.status.success(),
+        "inspect {}: {}",
+        model.display(),
+        stderr(&o)
+    );
+    serde_json::from_slice(&o.stdout).expect("inspect --json is JSON")
+}
+
+/// Runs a batch oracle subcommand (`compare-many JOBS` or `compare-npz --many JOBS`) on `jobs`
+/// and returns its answers, one per job.
+pub fn oracle_batch(py: &Path, cmd: &[&str], jobs: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("jobs.json");
+    std::fs::write(&file, serde_json::to_string(jobs).expect("jobs")).expect("write jobs");
+    let mut args: Vec<&str> = cmd.to_vec();
+    args.push(file.to_str().expect("utf8"));
+    let v = oracle(py, &args);
+    let list = v.as_array().expect("a list of answers").clone();
+    assert_eq!(list.len(), jobs.len(), "oracle {cmd:?}: one answer per job");
+    list
+}
+
+/// The sum over outputs of the relative Frobenius errors in an oracle answer.
+pub fn total_rel_error(answer: &serde_json::Value) -> f64 {
+    let outs = answer["outputs"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no outputs in {answer}"));
+    outs.values()
+        .map(|o| {
+            o["rel_fro"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no rel_fro in {answer}"))
+        })
+        .sum()
+}
