@@ -71,26 +71,13 @@ fn tensor_elems(tensors: &Value) -> u64 {
 /// `graft apply BASE --peft DIR... EXTRA -o OUT --report json=OUT.report.json`: the process
 /// output and the report (when one was written).
 fn apply(base: &Path, peft: &[&Path], extra: &[&str], out: &Path) -> (Output, Option<Value>) {
-    let report = out.with_extension("report.json");
-    let _ = std::fs::remove_file(&report);
     let mut args: Vec<String> = vec!["apply".into(), s(base).into()];
     for p in peft {
         args.push("--peft".into());
         args.push(s(p).into());
     }
     args.extend(extra.iter().map(|x| x.to_string()));
-    args.extend([
-        "-o".into(),
-        s(out).into(),
-        "--report".into(),
-        format!("json={}", report.display()),
-    ]);
-    let refs: Vec<&str> = args.iter().map(|x| x.as_str()).collect();
-    let o = run_graft(&refs);
-    let r = std::fs::read_to_string(&report)
-        .ok()
-        .map(|t| serde_json::from_str(&t).expect("report is JSON"));
-    (o, r)
+    run_graft_with_report(&args, out)
 }
 
 /// `graft fold IN -o OUT`, which must succeed.

@@ -29,22 +29,9 @@ fn s(p: &Path) -> &str {
 /// `graft extract BASE TUNED ARGS -o OUT --report json=OUT.json`: the process output and the
 /// report (when one was written).
 fn extract(base: &Path, tuned: &Path, args: &[&str], out: &Path) -> (Output, Option<Value>) {
-    let report = out.with_extension("report.json");
-    let _ = std::fs::remove_file(&report);
     let mut a: Vec<String> = vec!["extract".into(), s(base).into(), s(tuned).into()];
     a.extend(args.iter().map(|x| x.to_string()));
-    a.extend([
-        "-o".into(),
-        s(out).into(),
-        "--report".into(),
-        format!("json={}", report.display()),
-    ]);
-    let refs: Vec<&str> = a.iter().map(|x| x.as_str()).collect();
-    let o = run_graft(&refs);
-    let r = std::fs::read_to_string(&report)
-        .ok()
-        .map(|t| serde_json::from_str(&t).expect("report is JSON"));
-    (o, r)
+    run_graft_with_report(&a, out)
 }
 
 /// The fixture: base and tuned exports, the base case, the changed module paths.

@@ -188,3 +188,23 @@ pub fn total_rel_error(answer: &serde_json::Value) -> f64 {
         })
         .sum()
 }
+
+/// `graft ARGS -o OUT --report json=OUT.report.json`: the process output and the report (when
+/// one was written; a stale one is removed first).
+pub fn run_graft_with_report(args: &[String], out: &Path) -> (Output, Option<serde_json::Value>) {
+    let report = out.with_extension("report.json");
+    let _ = std::fs::remove_file(&report);
+    let mut all: Vec<String> = args.to_vec();
+    all.extend([
+        "-o".into(),
+        out.to_string_lossy().to_string(),
+        "--report".into(),
+        format!("json={}", report.display()),
+    ]);
+    let refs: Vec<&str> = all.iter().map(|x| x.as_str()).collect();
+    let o = run_graft(&refs);
+    let r = std::fs::read_to_string(&report)
+        .ok()
+        .map(|t| serde_json::from_str(&t).expect("report is JSON"));
+    (o, r)
+}
