@@ -555,13 +555,16 @@ fn build_root(
     // Sources may group rows differently (a flattened Gemm input next to a residual of the
     // original rank): bring each to the root's shape before adding when the element counts
     // agree, so the sum does not broadcast two layouts of the same rows against each other.
+    let mut all_at_root_shape = false;
     if produced.len() > 1
         && let Some(out_shape) = static_shape(g, p.output)
         && let Some(width) = width_of(g, p.output)
     {
+        all_at_root_shape = true;
         let total: i64 = out_shape.iter().product();
         for (i, s) in p.sources.iter().enumerate() {
             let Some(mut sh) = static_shape(g, s.source.value()) else {
+                all_at_root_shape = false;
                 continue;
             };
             match s.source {
@@ -577,6 +580,8 @@ fn build_root(
                     reshape_node(g, produced[i], &out_shape, &format!("{out_name}_regrouped"));
                 nodes.push(n);
                 produced[i] = r;
+            } else if sh != out_shape {
+                all_at_root_shape = false;
             }
         }
     }
@@ -609,7 +614,9 @@ fn build_root(
     // Restore the root's shape when the region regrouped rows.
     // (When shapes are unknown no rows were regrouped: the caller refuses such regions.)
     let natural = natural_shape(g, p);
-    if let Some(shape) = static_shape(g, p.output).filter(|w| natural.as_ref() != Some(w)) {
+    if let Some(shape) =
+        static_shape(g, p.output).filter(|w| natural.as_ref() != Some(w) && !all_at_root_shape)
+    {
         let (n, t) = reshape_node(g, acc, &shape, &format!("{out_name}_reshaped"));
         nodes.push(n);
         acc = t;

@@ -459,7 +459,7 @@ fn inverse_law_on_every_corpus_model() {
         not_applicable.join(", ")
     );
     // Pairs where the law does not hold yet because of fold-linear, not insert (issue 3): fold
-    // refuses with its own verification error (nothing written) or leaves extra Reshapes. They
+    // refuses with its own verification error (nothing written) or leaves part unfolded. They
     // are asserted to still fail, so a fix shows up here and the entry must be removed.
     let known: Vec<&str> = KNOWN_FOLD_GAPS.iter().map(|(k, _)| *k).collect();
     let (expected, unexpected): (Vec<String>, Vec<String>) = failures
@@ -489,21 +489,6 @@ fn inverse_law_on_every_corpus_model() {
 
 /// (model.exporter kind, why) pairs the inverse law fails on because of fold, with the reason.
 const KNOWN_FOLD_GAPS: &[(&str, &str)] = &[
-    (
-        "gpt2_base.dynamo lora",
-        "fold-linear rebuilds c_attn with one more Reshape",
-    ),
-    ("gpt2_base.dynamo dora", "same"),
-    ("gpt2_base.dynamo ia3-output", "same"),
-    ("gpt2_base.dynamo ia3-input", "same"),
-    ("gpt2_base.dynamo linear-before", "same"),
-    ("gpt2_base.dynamo linear-after", "same"),
-    ("gpt2_lora.dynamo lora", "same"),
-    ("gpt2_lora.dynamo dora", "same"),
-    ("gpt2_lora.dynamo ia3-output", "same"),
-    ("gpt2_lora.dynamo ia3-input", "same"),
-    ("gpt2_lora.dynamo linear-before", "same"),
-    ("gpt2_lora.dynamo linear-after", "same"),
     (
         "reslora_is.ts linear-before",
         "fold's own check fails: wrong merge across the shortcut Add",
