@@ -118,6 +118,9 @@ struct SourcePlan {
     /// The region node whose op (and weight layout) a dense result reuses.
     anchor: Option<NodeId>,
     terms: Vec<Term>,
+    /// Other sources with the same matrix and shape: they are added to this one before the
+    /// product (`(a + b)·M`, not `a·M + b·M`).
+    also: Vec<ValueId>,
 }
 
 struct RootPlan {
@@ -177,7 +180,34 @@ fn plan_root(
             combined,
             anchor,
             terms: terms.clone(),
+            also: Vec::new(),
         });
+    }
+    // Sources that reach the same matrix (a residual sum feeding a linear) share one product.
+    let mut i = 0;
+    while i < sources.len() {
+        let mut j = i + 1;
+        while j < sources.len() {
+            let (a, b) = (&sources[i], &sources[j]);
+            let shared = matches!((a.source, b.source), (Source::Value(_), Source::Value(_)))
+                && a.combined.dim().is_some()
+                && same_combined(&a.combined, &b.combined)
+                && static_shape(g, a.source.value()).is_some()
+                && static_shape(g, a.source.value()) == static_shape(g, b.source.value());
+            if shared {
+                let b = sources.remove(j);
+                let a = &mut sources[i];
+                a.also.push(b.source.value());
+                a.also.extend(b.also);
+                a.terms.extend(b.terms);
+                if a.anchor.is_none() {
+                    a.anchor = b.anchor;
+                }
+            } else {
+                j += 1;
+            }
+        }
+        i += 1;
     }
     Ok(RootPlan {
         root,
@@ -187,9 +217,47 @@ fn plan_root(
     })
 }
 
+/// Whether two merged results are the same matrix (so their sources can share one product).
+fn same_combined(a: &Combined, b: &Combined) -> bool {
+    match (a, b) {
+        (Combined::Dense(x), Combined::Dense(y)) => x == y,
+        (
+            Combined::Patched {
+                base: b1,
+                scale: s1,
+                pairs: p1,
+            },
+            Combined::Patched {
+                base: b2,
+                scale: s2,
+                pairs: p2,
+            },
+        ) => {
+            b1.value == b2.value
+                && b1.transposed == b2.transposed
+                && b1.alpha == b2.alpha
+                && s1 == s2
+                && p1.len() == p2.len()
+                && p1
+                    .iter()
+                    .zip(p2)
+                    .all(|((k1, l1, r1), (k2, l2, r2))| k1 == k2 && l1 == l2 && r1 == r2)
+        }
+        _ => false,
+    }
+}
+
 /// Multiply-adds and node count of a rebuilt root; parameters it adds.
 fn plan_cost(g: &Graph, p: &RootPlan) -> (u64, usize, u64) {
-    let width = width_of(g, p.output).unwrap_or(1) as u64;
+    // The output's width; when its type is unknown, the merged matrices' (or the bias's) width.
+    let width = width_of(g, p.output)
+        .or_else(|| {
+            p.sources
+                .iter()
+                .find_map(|s| s.combined.dim().map(|(_, cols)| cols))
+        })
+        .or_else(|| p.bias.as_ref().map(|b| b.len()))
+        .unwrap_or(1) as u64;
     let (mut macs, mut nodes, mut params) = (0u64, 0usize, 0u64);
     let mut producing = 0;
     for s in &p.sources {
@@ -211,7 +279,8 @@ fn plan_cost(g: &Graph, p: &RootPlan) -> (u64, usize, u64) {
                     Source::Value(_) => (rows * cols) as u64,
                     Source::OneHot(_) => cols as u64,
                 };
-                nodes += 1;
+                macs += (rows * s.also.len()) as u64;
+                nodes += 1 + s.also.len();
                 params += (rows * cols) as u64;
             }
         }
@@ -330,7 +399,13 @@ fn build_root(
     let mut bias_done = false;
     let mut flattened = false;
     for (si, s) in p.sources.iter().enumerate() {
-        let sv = s.source.value();
+        let sv = if s.also.is_empty() {
+            s.source.value()
+        } else {
+            let mut all = vec![s.source.value()];
+            all.extend(&s.also);
+            crate::rewrite::add_chain(g, &all, &format!("{out_name}_input"), &mut nodes)
+        };
         if let Source::OneHot(ids) = s.source {
             if s.combined.dim().is_none() {
                 return Err("a lookup table folded into something that is not a table".into());
@@ -367,6 +442,7 @@ fn build_root(
             let w = match table {
                 Some(w)
                     if weight_users.get(&w).copied().unwrap_or(0) == 0
+                        && !base_of_another(p, si, w)
                         && !g.value(w).is_input
                         && !g.is_output(w) =>
                 {
@@ -476,6 +552,7 @@ fn build_root(
                 let w = match weight_value {
                     Some(w)
                         if weight_users.get(&w).copied().unwrap_or(0) == 0
+                            && !base_of_another(p, si, w)
                             && !g.value(w).is_input
                             && !g.is_output(w) =>
                     {
@@ -495,7 +572,7 @@ fn build_root(
                 if gemm {
                     node.attrs.retain(|a| a.name != "alpha" && a.name != "beta");
                     let mut input = sv;
-                    let rank2 = static_shape(g, sv).is_some_and(|sh| sh.len() == 2);
+                    let rank2 = static_shape(g, s.source.value()).is_some_and(|sh| sh.len() == 2);
                     if !rank2 {
                         flattened = true;
                         // Gemm needs a matrix: flatten the rows, multiply, restore below.
@@ -538,7 +615,7 @@ fn build_root(
                 nodes.push(node);
                 if flattened {
                     // Restore the source's rows right away, before other sources are added.
-                    let mut shape = static_shape(g, sv)
+                    let mut shape = static_shape(g, s.source.value())
                         .ok_or("a Gemm needs flattened rows but the input's shape is unknown")?;
                     *shape.last_mut().ok_or("rank-0 input")? = cols as i64;
                     flattened = false;
@@ -623,6 +700,14 @@ fn build_root(
     }
     crate::rewrite::write_output(&mut nodes, 0, acc, p.output, &removed[&p.root].name);
     Ok(nodes)
+}
+
+/// Whether another source of the plan still reads weight `w` lazily (as the base of its
+/// low-rank patch): then `w` must not be overwritten in place before that source is built.
+fn base_of_another(p: &RootPlan, me: usize, w: ValueId) -> bool {
+    p.sources.iter().enumerate().any(|(j, o)| {
+        j != me && matches!(&o.combined, Combined::Patched { base, .. } if base.value == w)
+    })
 }
 
 /// Keeps the worst delta fidelity seen: ‖rounded − exact‖ / ‖exact − original‖.
