@@ -1,13 +1,16 @@
-//! `eliminate-identity`: removes Identity nodes and inference-mode Dropout nodes.
+//! `eliminate-identity`: removes Identity nodes, inference-mode Dropout nodes and Casts to the
+//! type their input already has.
 //!
 //! Rewrites: `Y = Identity(X)` — consumers of Y read X instead. When Y is a graph output, X's
 //! producer writes Y directly instead (output names never change). `Dropout` counts as an identity
 //! when its mask output is unused and it is not in training mode (`training_mode` absent or a
-//! constant false).
+//! constant false). A `Cast` counts as one when its input's element type is known and equals
+//! `to` (exporters leave such Casts after adapter branches).
 //! Refuses: when Y is a graph output and X is a graph input, an initializer, another graph output
 //! or read by a subgraph (the Identity is what gives the output its own name), or when Y is read
 //! by a subgraph by name.
-//! Sound because Identity (and Dropout at inference) returns its input unchanged.
+//! Sound because Identity, Dropout at inference and a Cast to the same type return their input
+//! unchanged.
 
 use crate::Result;
 use crate::driver::{Pass, PassContext};
@@ -26,6 +29,11 @@ fn identity_kind(model: &Model, n: NodeId) -> Option<std::result::Result<(), Str
     node.inputs.first().copied().flatten()?;
     match node.op_type.as_str() {
         "Identity" => Some(Ok(())),
+        "Cast" => {
+            let x = node.inputs.first().copied().flatten()?;
+            let to = node.attr_int("to")?;
+            (crate::rewrite::types::elem_type(g, x) == Some(to as i32)).then_some(Ok(()))
+        }
         "Dropout" => {
             if let Some(m) = node.outputs.get(1).copied().flatten()
                 && (!g.value(m).consumers.is_empty() || g.is_output(m))
