@@ -458,57 +458,14 @@ fn inverse_law_on_every_corpus_model() {
         not_applicable.len(),
         not_applicable.join(", ")
     );
-    // Pairs where the law does not hold yet because of fold-linear, not insert (issue 3): fold
-    // refuses with its own verification error (nothing written) or leaves part unfolded. They
-    // are asserted to still fail, so a fix shows up here and the entry must be removed.
-    let known: Vec<&str> = KNOWN_FOLD_GAPS.iter().map(|(k, _)| *k).collect();
-    let (expected, unexpected): (Vec<String>, Vec<String>) = failures
-        .into_iter()
-        .partition(|f| known.iter().any(|k| f.starts_with(&format!("{k}:"))));
-    let stale: Vec<&&str> = known
-        .iter()
-        .filter(|k| !expected.iter().any(|f| f.starts_with(&format!("{k}:"))))
-        .collect();
-    eprintln!(
-        "insert inverse law: {} known fold gaps still open:\n{}",
-        expected.len(),
-        expected.join("\n")
-    );
     assert!(
-        unexpected.is_empty(),
+        failures.is_empty(),
         "{} failures:\n{}",
-        unexpected.len(),
-        unexpected.join("\n")
-    );
-    assert!(
-        stale.is_empty(),
-        "these known fold gaps now pass; remove them from KNOWN_FOLD_GAPS: {stale:?}"
+        failures.len(),
+        failures.join("\n")
     );
     assert!(ran >= 250, "only {ran} (model, kind) pairs ran");
 }
-
-/// (model.exporter kind, why) pairs the inverse law fails on because of fold, with the reason.
-const KNOWN_FOLD_GAPS: &[(&str, &str)] = &[
-    (
-        "reslora_is.ts linear-before",
-        "fold's own check fails: wrong merge across the shortcut Add",
-    ),
-    ("reslora_is.ts linear-after", "same"),
-    ("reslora_is.dynamo linear-before", "same"),
-    ("reslora_is.dynamo linear-after", "same"),
-    (
-        "mha_lora.ts lora",
-        "fold does not converge on mha_lora and its check fails",
-    ),
-    ("mha_lora.ts dora", "MatMul/Cast counts differ after fold"),
-    (
-        "mha_lora.ts ia3-output",
-        "the IA3 Mul on the head is left unfolded",
-    ),
-    ("mha_lora.ts ia3-input", "same"),
-    ("mha_lora.ts linear-before", "fold's own check fails"),
-    ("mha_lora.ts linear-after", "the adapter is left unfolded"),
-];
 
 // ---------------------------------------------------------------------------------------------
 // 2. Zero init is the identity.
@@ -1222,11 +1179,8 @@ fn fold_after_lora_on_the_head_of_mha_lora() {
             "random:3",
         ],
     );
-    // Known fold gap (see KNOWN_FOLD_GAPS): fold's own check catches the wrong merge, so it
-    // exits 1 and writes nothing. When fold-linear is fixed this must fold: flip the assert.
-    let out = tmp.path().join("f.onnx");
-    let r = fold(&ins, &out, &[]);
-    assert!(r.is_err() && !out.exists(), "{r:?}");
+    let r = fold(&ins, &tmp.path().join("f.onnx"), &[]);
+    assert!(r.is_ok(), "{r:?}");
 }
 
 /// Linear adapters after ResLoRA's fc_in of block 1 and after its input-shortcut LoRA B
@@ -1248,10 +1202,8 @@ fn fold_after_linear_adapters_on_a_reslora_shortcut() {
             "random:3",
         ],
     );
-    // Known fold gap (see KNOWN_FOLD_GAPS): refused by fold's own check, nothing written.
-    let out = tmp.path().join("f.onnx");
-    let r = fold(&ins, &out, &[]);
-    assert!(r.is_err() && !out.exists(), "{r:?}");
+    let r = fold(&ins, &tmp.path().join("f.onnx"), &[]);
+    assert!(r.is_ok(), "{r:?}");
 }
 
 /// A LoRA on the A factor of conv_lora_reflect's own (reflect-padded, so unfoldable) conv LoRA
