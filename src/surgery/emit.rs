@@ -206,7 +206,8 @@ fn spatial_rank(t: &Target) -> usize {
     t.weight_dims.len().saturating_sub(2)
 }
 
-/// The low-rank branch `s·(x·A·B + bias)`; returns its value and the A and B weights.
+/// The low-rank branch `s·(x·A·B + bias)`; returns its value, the A and B weights and the
+/// scale constant.
 fn lora_branch(
     b: &mut Builder,
     t: &Target,
@@ -214,7 +215,7 @@ fn lora_branch(
     up: &Array2<f64>,
     scale: f64,
     bias: Option<&Array1<f64>>,
-) -> Result<(ValueId, ValueId, ValueId)> {
+) -> Result<(ValueId, ValueId, ValueId, ValueId)> {
     let r = a.ncols();
     if a.nrows() != t.d_in || up.nrows() != r || up.ncols() != t.d_out {
         return Err(Error::Usage(format!(
@@ -307,6 +308,7 @@ fn lora_branch(
         b.node("Mul", "lora_scale", &[low, s], vec![], None)?,
         wa,
         wb,
+        s,
     ))
 }
 
@@ -320,7 +322,7 @@ fn lora(
     magnitude: Option<&Array1<f64>>,
 ) -> Result<()> {
     let Some(m) = magnitude else {
-        let (delta, _, _) = lora_branch(b, t, a, up, scale, bias)?;
+        let (delta, _, _, _) = lora_branch(b, t, a, up, scale, bias)?;
         let base = intercept(b.g, t.output)?;
         b.node("Add", "lora_add", &[base, delta], vec![], Some(t.output))?;
         return Ok(());
@@ -341,7 +343,7 @@ fn lora(
             t.d_out
         )));
     }
-    let (delta, wa, wb) = lora_branch(b, t, a, up, scale, bias)?;
+    let (delta, wa, wb, s) = lora_branch(b, t, a, up, scale, bias)?;
     // The column norms are computed in the graph from the weights, as PEFT does, so that the
     // adapter weights can be graph inputs; a fold turns them into a constant.
     let mx = match t.op {
@@ -355,7 +357,6 @@ fn lora(
         _ => t.weight,
     };
     let ab = b.node("MatMul", "dora_delta", &[wa, wb], vec![], None)?;
-    let s = b.constant("dora_scale", ArrayD::from_elem(IxDyn(&[]), scale));
     let sab = b.node("Mul", "dora_delta_scaled", &[ab, s], vec![], None)?;
     let full = b.node("Add", "dora_weight", &[mx, sab], vec![], None)?;
     let sq = b.node("Mul", "dora_square", &[full, full], vec![], None)?;

@@ -60,8 +60,9 @@ pub enum Position {
 /// How new adapter weights start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Init {
-    /// The adapter is the identity: LoRA/DoRA B = 0 (A Kaiming-uniform), IA3 = 1, linear and
-    /// bottleneck up-projections = 0. Outputs are unchanged.
+    /// The adapter is the identity: LoRA/DoRA B = 0 (A Kaiming-uniform; on embeddings A = 0 and
+    /// B normal, as PEFT does), IA3 = 1, linear and bottleneck up-projections = 0. Outputs are
+    /// unchanged.
     Zeros,
     /// Every weight random and non-zero, from this seed (deterministic).
     Random(u64),
@@ -267,6 +268,15 @@ pub fn initial(
                 Init::Pissa => {
                     let (a, b, res) = pissa(&m, r, s, &g.value(t.weight).name)?;
                     (a, b, Some(res))
+                }
+                // PEFT starts an embedding's LoRA the other way round: A = 0, B ~ N(0, 1).
+                Init::Zeros if t.op == TargetOp::Gather => {
+                    let a = Array2::zeros((t.d_in, r));
+                    let b = Array2::from_shape_fn((r, t.d_out), |_| {
+                        let z: f64 = base_rng.sample(StandardNormal);
+                        z
+                    });
+                    (a, b, None)
                 }
                 _ => {
                     let a = kaiming(&mut base_rng, t.d_in, r, t.d_in);
