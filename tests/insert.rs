@@ -756,6 +756,16 @@ fn as_inputs_keeps_defaults_and_can_be_swapped() {
             .map(|t| t.as_str().unwrap().to_string())
             .collect();
         assert_eq!(over, tensors, "{kind}: graph inputs with defaults");
+        let listed: BTreeSet<String> = inspect(&swap)["inputs_with_defaults"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            listed, tensors,
+            "{kind}: graft inspect lists the swappable weights"
+        );
         let plain_seen = ort_overrides(&py, &plain, &e.inputs, &[]);
         assert_eq!(plain_seen["overridable"], json!([]), "{kind}");
         if kind == "lora" {

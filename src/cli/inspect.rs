@@ -37,6 +37,9 @@ struct Summary {
     opsets: BTreeMap<String, i64>,
     producer: String,
     inputs: Vec<Port>,
+    /// Graph inputs that also have an initializer: a runtime may feed them or use the default
+    /// (adapter weights inserted with `--as-inputs`, for example).
+    inputs_with_defaults: Vec<Port>,
     outputs: Vec<Port>,
     nodes: usize,
     ops: BTreeMap<String, usize>,
@@ -159,6 +162,15 @@ fn summarize(path: &std::path::Path, m: &Model) -> Summary {
                 ty: type_text(p.info.type_.as_ref()),
             })
             .collect(),
+        inputs_with_defaults: g
+            .inputs
+            .iter()
+            .filter(|p| g.value(p.value).initializer.is_some())
+            .map(|p| Port {
+                name: g.value(p.value).name.clone(),
+                ty: type_text(p.info.type_.as_ref()),
+            })
+            .collect(),
         outputs: g
             .outputs
             .iter()
@@ -227,6 +239,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     outln!(o, "inputs:");
     for p in &s.inputs {
         outln!(o, "  {}: {}", p.name, p.ty);
+    }
+    if !s.inputs_with_defaults.is_empty() {
+        outln!(o, "inputs with default values (may be fed):");
+        for p in &s.inputs_with_defaults {
+            outln!(o, "  {}: {}", p.name, p.ty);
+        }
     }
     outln!(o, "outputs:");
     for p in &s.outputs {
