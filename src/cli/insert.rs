@@ -26,7 +26,8 @@ Weights are named after their target: <scope>.lora_A [d_in, r] and <scope>.lora_
 <scope>.lora_magnitude_vector (DoRA), <scope>.ia3_l, <scope>.adapter_down / adapter_up (+ _bias).
 
 --init zeros (the default) makes every adapter the identity, so outputs are unchanged:
-LoRA/DoRA B = 0 with A Kaiming-uniform, IA3 = 1, linear and bottleneck up-projections = 0.
+LoRA/DoRA B = 0 with A Kaiming-uniform (embeddings: A = 0, B normal, as PEFT does), IA3 = 1,
+linear and bottleneck up-projections = 0.
 random:SEED draws every weight (deterministic). pissa (lora, dora) takes A and B from the top
 singular vectors of the base weight and stores the residual as the base weight.
 
