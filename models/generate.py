@@ -1485,6 +1485,170 @@ def case_bert_lowrank_ft():
 
 
 # --------------------------------------------------------------------------------------
+# Block 4: LAuReL (RW: exact alpha fold; LR: refuse) and TinyTL lite residual (refuse)
+# --------------------------------------------------------------------------------------
+
+
+class LaurelNet(nn.Module):
+    """Pre-LN residual MLP stack with LAuReL residuals (ADAPTERS.md 9.2), D=32, H=64, L=3 blocks:
+      rw:    x_{i+1} = alpha_i * f_i(x_i) + beta_i * x_i
+      lr:    x_{i+1} = f_i(x_i) + (x_i + (x_i A_i) B_i)      A_i [D,r], B_i [r,D], no biases
+      plain: x_{i+1} = f_i(x_i) + beta_i * x_i   (rw with alpha folded into fc2; beta kept)
+    f_i = fc2(GELU(fc1(LN(x)))); head = Linear(LN(x)). alpha/beta are 0-d scalar parameters."""
+
+    def __init__(self, mode, D=32, H=64, L=3, r=4, n_out=10):
+        super().__init__()
+        self.mode = mode
+        self.blocks = nn.ModuleList()
+        for _ in range(L):
+            blk = nn.Module()
+            blk.ln = nn.LayerNorm(D)
+            blk.fc1 = nn.Linear(D, H)
+            blk.fc2 = nn.Linear(H, D)
+            if mode == "rw":
+                blk.laurel_alpha = nn.Parameter(torch.tensor(1.0))
+            if mode in ("rw", "plain"):
+                blk.laurel_beta = nn.Parameter(torch.tensor(1.0))
+            if mode == "lr":
+                blk.laurel_A = nn.Parameter(torch.zeros(D, r))
+                blk.laurel_B = nn.Parameter(torch.zeros(r, D))
+            self.blocks.append(blk)
+        self.norm = nn.LayerNorm(D)
+        self.head = nn.Linear(D, n_out)
+
+    def forward(self, x):
+        for blk in self.blocks:
+            f = blk.fc2(F.gelu(blk.fc1(blk.ln(x))))
+            if self.mode == "rw":
+                x = blk.laurel_alpha * f + blk.laurel_beta * x
+            elif self.mode == "plain":
+                x = f + blk.laurel_beta * x
+            else:
+                x = f + (x + (x @ blk.laurel_A) @ blk.laurel_B)
+        return self.head(self.norm(x))
+
+
+def laurel_net(mode: str) -> LaurelNet:
+    seed(0)
+    net = LaurelNet(mode)
+    perturb_vectors_(net)  # 1-D only; the 0-d alpha/beta and 2-D A/B are set below
+    return net
+
+
+def laurel_inputs() -> dict:
+    g = torch.Generator().manual_seed(557)
+    return {"x": torch.randn(2, 8, 32, generator=g)}
+
+
+@case
+def case_laurel_rw():
+    net = laurel_net("rw")
+    g = torch.Generator().manual_seed(2468)
+    alphas, betas = [], []
+    with torch.no_grad():
+        for blk in net.blocks:
+            blk.laurel_alpha.fill_(0.7 + 0.1 * torch.randn((), generator=g).item())
+            blk.laurel_beta.fill_(1.3 + 0.1 * torch.randn((), generator=g).item())
+            alphas.append(blk.laurel_alpha.item())
+            betas.append(blk.laurel_beta.item())
+    net.eval()
+    merged = laurel_net("plain")
+    sd = {k: v for k, v in net.state_dict().items() if not k.endswith("laurel_alpha")}
+    merged.load_state_dict(sd)
+    with torch.no_grad():
+        for mb, ub in zip(merged.blocks, net.blocks):
+            mb.fc2.weight.mul_(ub.laurel_alpha)
+            mb.fc2.bias.mul_(ub.laurel_alpha)
+    merged.eval()
+    return Case("laurel_rw", "laurel_rw", True,
+                "Hand-written pre-LN residual MLP stack (D=32, H=64, 3 blocks, final LayerNorm + "
+                "Linear(32,10) head) with LAuReL-RW residuals x_{i+1} = alpha_i*f_i(x_i) + beta_i*x_i, "
+                "f_i = fc2(GELU(fc1(LN(x_i)))); alpha_i = 0.7+0.1 randn, beta_i = 1.3+0.1 randn (0-d "
+                "parameters used directly, no softmax/sigmoid; values in laurel_alpha/laurel_beta). "
+                "ADAPTERS.md 9.2: alpha folds exactly into fc2 (W' = alpha W, b' = alpha b); beta scales "
+                "the skip path where no op exists, so the reference keeps it as one scalar Mul per block "
+                "(no scale propagation). Merged: fc2 scaled by alpha, x_{i+1} = f'_i(x_i) + beta_i*x_i.",
+                net, laurel_inputs(), ["y"], merged=merged,
+                extra={"laurel_alpha": alphas, "laurel_beta": betas})
+
+
+@case
+def case_laurel_lr():
+    net = laurel_net("lr")
+    randomize_(net, lambda n, p: ".laurel_" in n, 0.1, 1234)
+    net.eval()
+    return Case("laurel_lr", "laurel_lr", False,
+                "Same stack as laurel_rw but with LAuReL-LR residuals x_{i+1} = f_i(x_i) + (x_i + "
+                "(x_i A_i) B_i), A_i [32,4], B_i [4,32] (randn*0.1, no biases, alpha = beta = 1). The "
+                "low-rank map acts on the residual stream itself: its input x_i is the block input (graph "
+                "input x for block 0, an Add otherwise) and its output goes through the residual Add to the "
+                "next block's LayerNorm and skip (final: LayerNorm before the head); no Linear/MatMul with "
+                "a weight is adjacent to it without a norm in between, so it cannot be absorbed (ADAPTERS.md "
+                "9.2: stays as two small MatMuls per block). Must be refused in zero-cost --strict mode; "
+                "no merged files.", net, laurel_inputs(), ["y"])
+
+
+class LiteResidual(nn.Module):
+    """TinyTL LiteResidualModule-style branch: AvgPool(2) -> grouped 3x3 conv -> BN -> ReLU -> 1x1 conv
+    -> BN -> bilinear upsample back to the input size."""
+
+    def __init__(self, cin, cout, groups=4):
+        super().__init__()
+        self.pool = nn.AvgPool2d(2)
+        self.conv1 = nn.Conv2d(cin, cin, 3, 1, 1, groups=groups, bias=False)
+        self.bn1 = nn.BatchNorm2d(cin)
+        self.conv2 = nn.Conv2d(cin, cout, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+
+    def forward(self, x):
+        r = self.pool(x)
+        r = F.relu(self.bn1(self.conv1(r)))
+        r = self.bn2(self.conv2(r))
+        return F.interpolate(r, size=x.shape[2:], mode="bilinear", align_corners=False)
+
+
+class TinyTLNet(nn.Module):
+    """stem Conv3x3(3->16, stride 2)-BN-ReLU (32x32 -> 16x16), then two Conv3x3(16->16)-BN-ReLU blocks,
+    each with a lite residual branch added to the block output, global mean, Linear(16,10)."""
+
+    def __init__(self, c=16, n_blocks=2, n_out=10):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU())
+        self.blocks = nn.ModuleList()
+        for _ in range(n_blocks):
+            blk = nn.Module()
+            blk.conv = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+            blk.bn = nn.BatchNorm2d(c)
+            blk.lite_residual = LiteResidual(c, c)
+            self.blocks.append(blk)
+        self.fc = nn.Linear(c, n_out)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for blk in self.blocks:
+            x = F.relu(blk.bn(blk.conv(x))) + blk.lite_residual(x)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+@case
+def case_tinytl():
+    seed(0)
+    m = TinyTLNet()
+    perturb_vectors_(m)
+    randomize_bn_(m)
+    m.eval()
+    return Case("tinytl", "tinytl_lite_residual", False,
+                "Hand-written CNN with TinyTL-style lite residuals (mit-han-lab/tinyml LiteResidualModule): "
+                "stem Conv3x3 s2-BN-ReLU, then 2 blocks y = ReLU(BN(Conv3x3(x))) + lite(x), lite = "
+                "AvgPool(2) -> grouped Conv3x3 (16->16, groups 4) -> BN -> ReLU -> Conv1x1 -> BN -> "
+                "bilinear upsample (align_corners=False) to the block size; global mean, Linear(16,10). "
+                "Random non-trivial BN stats. Exported with default flags (the exporters fold eval-mode "
+                "BN into the convs). ReLU inside the branch, pooling + bilinear resampling, and the branch is "
+                "parallel to a nonlinear block (Conv-BN-ReLU), not to one linear op (ADAPTERS.md 10): must "
+                "be refused; no merged files.", m, image_inputs(), ["logits"])
+
+
+# --------------------------------------------------------------------------------------
 # driver
 # --------------------------------------------------------------------------------------
 
