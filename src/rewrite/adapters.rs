@@ -1,6 +1,7 @@
 //! Finding adapter-like branches that are still in a graph: a low-rank bottleneck (a projection
 //! down to a few features, then back up) — what LoRA, Houlsby, AdaptFormer and similar adapters
-//! look like — and saying why it was not folded.
+//! look like — or a pooled and resampled side branch (TinyTL's lite residual), and saying why
+//! it was not folded.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -152,7 +153,102 @@ pub fn leftovers(g: &Graph, refusals: &HashMap<String, String>) -> Vec<Leftover>
             }
         }
     }
+    out.extend(resampled_branches(g, &order));
     out
+}
+
+/// Side branches that pool their input, pass it through learned weights and resample it back
+/// before joining the main path with an Add: TinyTL's lite residuals. Pooling and resampling
+/// change the resolution, so no single kernel of the main path can absorb the branch.
+fn resampled_branches(g: &Graph, order: &[NodeId]) -> Vec<Leftover> {
+    const ACTIVATIONS: &[&str] = &[
+        "Relu",
+        "Gelu",
+        "Erf",
+        "Tanh",
+        "Sigmoid",
+        "LeakyRelu",
+        "Elu",
+        "Selu",
+        "HardSigmoid",
+        "HardSwish",
+        "Softplus",
+        "Mish",
+        "Clip",
+    ];
+    let mut out = Vec::new();
+    for &p in order {
+        if !matches!(g.node(p).op_type.as_str(), "AveragePool" | "MaxPool") {
+            continue;
+        }
+        // Forward, a few nodes deep, to a resampling node.
+        let mut queue: VecDeque<(NodeId, Vec<NodeId>)> = VecDeque::new();
+        let mut seen = HashSet::new();
+        queue.push_back((p, vec![]));
+        while let Some((n, path)) = queue.pop_front() {
+            if !seen.insert(n) || path.len() > 6 {
+                continue;
+            }
+            let mut path = path;
+            path.push(n);
+            if matches!(g.node(n).op_type.as_str(), "Resize" | "Upsample") {
+                let weighted: Vec<usize> = path
+                    .iter()
+                    .filter_map(|&m| widths(g, m).map(|(_, o)| o))
+                    .collect();
+                if weighted.is_empty() || !joins_with_add(g, n) {
+                    break;
+                }
+                let breaking = path
+                    .iter()
+                    .copied()
+                    .find(|m| ACTIVATIONS.contains(&g.node(*m).op_type.as_str()))
+                    .unwrap_or(n);
+                out.push(Leftover {
+                    down: g.label(p),
+                    up: g.label(n),
+                    rank: weighted.iter().copied().min().unwrap_or(0),
+                    reason: format!(
+                        "{} breaks linearity between {} and {}: the branch pools its input, \
+                         applies its own weights and resamples it back (a lite residual), which \
+                         no kernel of the main path can absorb",
+                        g.label(breaking),
+                        g.label(p),
+                        g.label(n)
+                    ),
+                });
+                break;
+            }
+            for o in g.node(n).outputs.iter().flatten() {
+                for c in g.consumer_nodes(*o) {
+                    queue.push_back((c, path.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Whether `n`'s output reaches an `Add` within a couple of shape-only or normalising nodes.
+fn joins_with_add(g: &Graph, n: NodeId) -> bool {
+    let mut cur = vec![n];
+    for _ in 0..3 {
+        let mut next = Vec::new();
+        for m in cur {
+            for o in g.node(m).outputs.iter().flatten() {
+                for c in g.consumer_nodes(*o) {
+                    if matches!(g.node(c).op_type.as_str(), "Add" | "Sum") {
+                        return true;
+                    }
+                    if is_shape_op(g, c) || g.node(c).op_type == "BatchNormalization" {
+                        next.push(c);
+                    }
+                }
+            }
+        }
+        cur = next;
+    }
+    false
 }
 
 fn is_shape_op(g: &Graph, n: NodeId) -> bool {
