@@ -751,6 +751,9 @@ impl PatchRows {
                 (r1 - r0) * self.cols * esize,
             )
             .map_err(|e| e.to_string())?;
+        if self.dtype == crate::ir::dtype::code::FLOAT && !fidelity {
+            return self.rows_f32(&raw, r0, r1).map(|b| (b, 0.0, 0.0));
+        }
         let orig = crate::rewrite::consts::decode_f64(&raw, self.base.dtype)
             .ok_or("cannot read the weight")?;
         let mut acc = ndarray::Array2::from_shape_vec((r1 - r0, self.cols), orig.clone())
@@ -781,6 +784,39 @@ impl PatchRows {
             }
         }
         Ok((bytes, e2, d2))
+    }
+}
+
+impl PatchRows {
+    /// The float32 path: `k·W + Σ s·L·R` computed in f32 (ADAPTERS.md §12.1: merges in f32;
+    /// the f32 result is what is stored either way), without an f64 copy of the rows.
+    fn rows_f32(&self, raw: &[u8], r0: usize, r1: usize) -> std::result::Result<Vec<u8>, String> {
+        let vals: Vec<f32> = raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let mut acc = ndarray::Array2::from_shape_vec((r1 - r0, self.cols), vals)
+            .map_err(|e| e.to_string())?;
+        if self.k != 1.0 {
+            let k = self.k as f32;
+            acc.mapv_inplace(|x| x * k);
+        }
+        for (s, l, r) in self.pairs.iter() {
+            if self.transposed {
+                let rs = r.slice(ndarray::s![.., r0..r1]).mapv(|x| x as f32);
+                let lt = l.t().mapv(|x| x as f32);
+                ndarray::linalg::general_mat_mul(*s as f32, &rs.t(), &lt, 1.0, &mut acc);
+            } else {
+                let ls = l.slice(ndarray::s![r0..r1, ..]).mapv(|x| x as f32);
+                let r32 = r.mapv(|x| x as f32);
+                ndarray::linalg::general_mat_mul(*s as f32, &ls, &r32, 1.0, &mut acc);
+            }
+        }
+        let mut bytes = Vec::with_capacity(acc.len() * 4);
+        for v in acc.iter() {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        Ok(bytes)
     }
 }
 
@@ -823,11 +859,19 @@ fn stream_patch(
     };
     let large = external || len as usize > crate::ir::Tensor::SPILL_BYTES;
     if large && !low_precision {
+        // Saving asks for a few MiB of rows at a time: compute them on all cores.
         let rows_of = crate::ir::tensor::RowGen(Arc::new(move |r0, r1| {
-            patch
-                .rows(r0, r1, false)
-                .map(|(b, _, _)| b)
-                .map_err(crate::Error::graph)
+            use rayon::prelude::*;
+            let parts = rayon::current_num_threads().max(1);
+            let step = (r1 - r0).div_ceil(parts).max(1);
+            let blocks = (r0..r1)
+                .step_by(step)
+                .collect::<Vec<_>>()
+                .par_iter()
+                .map(|&a| patch.rows(a, (a + step).min(r1), false).map(|(b, _, _)| b))
+                .collect::<std::result::Result<Vec<_>, String>>()
+                .map_err(crate::Error::graph)?;
+            Ok(blocks.concat())
         }));
         return Ok(crate::ir::Tensor {
             dtype,

@@ -318,3 +318,55 @@ fn reslora_shortcuts_fold_approximately_only_with_calibration() {
         }
     }
 }
+
+#[test]
+fn weights_in_external_data_are_merged_while_streaming() {
+    // With external data, merged weights are rows computed while saving (in parallel blocks,
+    // in f32 for float32 weights) instead of matrices in memory: the same result is expected.
+    let Some(py) = python("streamed fold") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    for exp in ["ts", "dynamo"] {
+        let src = repo().join(format!("models/bert_lora/unmerged.{exp}.onnx"));
+        let ext = tmp.path().join(format!("ext.{exp}.onnx"));
+        let o = run_graft(&[
+            "convert",
+            src.to_str().unwrap(),
+            "-o",
+            ext.to_str().unwrap(),
+            "--external-data",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = tmp.path().join(format!("folded.{exp}.onnx"));
+        let (code, report) = fold(&ext, &out, &["--strict"]);
+        assert_eq!(code, 0, "{exp}: {report}");
+        assert!(
+            report["folded"].as_array().is_some_and(|f| f.len() >= 3),
+            "{exp}: {report}"
+        );
+        assert!(
+            std::fs::read_dir(tmp.path()).unwrap().flatten().any(|e| e
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("folded.{exp}.onnx."))),
+            "{exp}: the folded model should keep its weights in external data"
+        );
+        let inputs = repo().join("models/bert_lora/inputs.npz");
+        let cmp = oracle(
+            &py,
+            &[
+                "compare",
+                src.to_str().unwrap(),
+                out.to_str().unwrap(),
+                "--inputs",
+                inputs.to_str().unwrap(),
+                "--rtol",
+                "1e-5",
+            ],
+        );
+        assert_eq!(cmp["ok"], true, "{exp}: {cmp}");
+        let chk = oracle(&py, &["check", out.to_str().unwrap()]);
+        assert_eq!(chk[out.to_str().unwrap()], "ok", "{exp}: {chk}");
+    }
+}
