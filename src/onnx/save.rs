@@ -336,15 +336,30 @@ pub fn save_model(model: Model, out: &Path, opts: &SaveOptions) -> Result<()> {
                     rows_of,
                     ..
                 } => {
-                    // Computed rows go straight into the output, a few MiB at a time.
+                    // Computed rows go straight into the output, a few MiB at a time; the next
+                    // block is computed while the previous one is written.
                     let step = ((4 << 20) / (*row_bytes).max(1)).max(1);
-                    let mut r0 = 0;
-                    while r0 < *rows {
-                        let r1 = (r0 + step).min(*rows);
-                        let block = (rows_of.0)(r0, r1)?;
-                        f.write_all(&block).map_err(|e| Error::io(&*path, e))?;
-                        r0 = r1;
-                    }
+                    let total = *rows;
+                    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u8>>>(2);
+                    let rowgen = rows_of.clone();
+                    std::thread::scope(|sc| -> Result<()> {
+                        sc.spawn(move || {
+                            let mut r0 = 0;
+                            while r0 < total {
+                                let r1 = (r0 + step).min(total);
+                                let block = (rowgen.0)(r0, r1);
+                                let failed = block.is_err();
+                                if tx.send(block).is_err() || failed {
+                                    break;
+                                }
+                                r0 = r1;
+                            }
+                        });
+                        for block in rx {
+                            f.write_all(&block?).map_err(|e| Error::io(&*path, e))?;
+                        }
+                        Ok(())
+                    })?;
                     TensorProto::default()
                 }
                 _ => {
