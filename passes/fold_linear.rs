@@ -377,6 +377,7 @@ fn build_root(
     removed: &HashMap<NodeId, Node>,
     spare: &mut Vec<ValueId>,
     fidelity: &mut Option<f64>,
+    merge_dtype: Option<i32>,
 ) -> std::result::Result<Vec<Node>, String> {
     let out_name = g.value(p.output).name.clone();
     let out_dtype = elem_type(g, p.output)
@@ -508,16 +509,46 @@ fn build_root(
                     }
                     None => (Node::new("MatMul"), None, false, false),
                 };
-                let dtype = weight_value
+                let stored_dtype = weight_value
                     .and_then(|w| g.constant(w).map(|t| t.dtype))
                     .unwrap_or(out_dtype);
+                // `--merge-dtype f32`: a float16/bfloat16 merge is kept in float32 and its linear
+                // runs in float32 between two Casts.
+                let promote = merge_dtype == Some(crate::ir::dtype::code::FLOAT)
+                    && matches!(
+                        stored_dtype,
+                        crate::ir::dtype::code::FLOAT16 | crate::ir::dtype::code::BFLOAT16
+                    );
+                let dtype = if promote {
+                    crate::ir::dtype::code::FLOAT
+                } else {
+                    stored_dtype
+                };
+                let sv = if promote {
+                    let t = g.fresh_value(&format!("{out_name}_f32_in"));
+                    let mut n = Node::new("Cast");
+                    n.inputs = vec![Some(sv)];
+                    n.outputs = vec![Some(t)];
+                    n.attrs = vec![onnx_protobuf::AttributeProto {
+                        name: "to".into(),
+                        i: crate::ir::dtype::code::FLOAT as i64,
+                        type_: onnx_protobuf::attribute_proto::AttributeType::INT.into(),
+                        ..Default::default()
+                    }];
+                    nodes.push(n);
+                    t
+                } else {
+                    sv
+                };
                 let ext = weight_value
                     .and_then(|w| g.constant(w))
                     .is_some_and(|t| t.is_external());
                 let tensor = match c {
                     // The anchor's own weight plus low-rank products: stream it block by block.
                     Combined::Patched { base, scale, pairs }
-                        if weight_value == Some(base.value) && base.transposed == trans_b =>
+                        if weight_value == Some(base.value)
+                            && base.transposed == trans_b
+                            && !promote =>
                     {
                         stream_patch(g, base, *scale, pairs, dtype, ext, fidelity)?
                     }
@@ -613,6 +644,22 @@ fn build_root(
                     node.inputs = vec![Some(sv), Some(w)];
                 }
                 nodes.push(node);
+                let t = if promote {
+                    let back = g.fresh_value(&format!("{out_name}_from_f32"));
+                    let mut n = Node::new("Cast");
+                    n.inputs = vec![Some(t)];
+                    n.outputs = vec![Some(back)];
+                    n.attrs = vec![onnx_protobuf::AttributeProto {
+                        name: "to".into(),
+                        i: stored_dtype as i64,
+                        type_: onnx_protobuf::attribute_proto::AttributeType::INT.into(),
+                        ..Default::default()
+                    }];
+                    nodes.push(n);
+                    back
+                } else {
+                    t
+                };
                 if flattened {
                     // Restore the source's rows right away, before other sources are added.
                     let mut shape = static_shape(g, s.source.value())
@@ -1309,7 +1356,15 @@ pub fn fold_linear(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
         let mut ok = true;
         let mut fidelity: Option<f64> = None;
         for p in &plans {
-            match build_root(g, p, &outside_users, &removed, &mut spare, &mut fidelity) {
+            match build_root(
+                g,
+                p,
+                &outside_users,
+                &removed,
+                &mut spare,
+                &mut fidelity,
+                cx.merge_dtype,
+            ) {
                 Ok(ns) => new_nodes.extend(ns),
                 Err(e) => {
                     cx.refuse(label.clone(), format!("rebuild failed: {e}"));

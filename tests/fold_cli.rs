@@ -136,3 +136,68 @@ fn bad_fold_arguments_are_usage_errors() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn merge_dtype_f32_keeps_the_whole_delta() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = write(tmp.path(), "fp16.onnxtxt", &fp16_lora());
+    let out = tmp.path().join("f32.onnxtxt");
+    let o = run_graft(&[
+        "fold",
+        m.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--merge-dtype",
+        "f32",
+        "--strict",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = std::fs::read_to_string(&out).unwrap();
+    // The merged weight is float32 and the linear runs between two Casts.
+    assert_eq!(text.matches("= Cast <to: int = 1>").count(), 1, "{text}");
+    assert_eq!(text.matches("= Cast <to: int = 10>").count(), 1, "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("float[4,4]"))
+        .unwrap_or_else(|| panic!("no float32 [4,4] weight:\n{text}"));
+    let values: Vec<f64> = line[line.find('{').unwrap() + 1..line.rfind('}').unwrap()]
+        .split(',')
+        .map(|v| v.trim().parse().unwrap())
+        .collect();
+    // Expected: W + a·b from the float16 values the model stores, in f64.
+    let h =
+        |v: &[f32]| -> Vec<f64> { v.iter().map(|x| half::f16::from_f32(*x).to_f64()).collect() };
+    let w = h(&[
+        1.0, 0.5, 0.0, 0.0, 0.0, 1.0, 0.25, 0.0, 0.0, 0.0, 1.0, 0.125, 2.0, 0.0, 0.0, 1.0,
+    ]);
+    let a = h(&[0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08]);
+    let b = h(&[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]);
+    for i in 0..4 {
+        for j in 0..4 {
+            let want = w[i * 4 + j] + a[i * 2] * b[j] + a[i * 2 + 1] * b[4 + j];
+            let got = values[i * 4 + j];
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs().max(1e-3),
+                "[{i},{j}]: {got} vs {want}"
+            );
+        }
+    }
+    // Without the option the weight stays float16.
+    let out16 = tmp.path().join("f16.onnxtxt");
+    let o = run_graft(&["fold", m.to_str().unwrap(), "-o", out16.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t16 = std::fs::read_to_string(&out16).unwrap();
+    assert!(
+        t16.contains("float16[4,4]") && !t16.contains("Cast"),
+        "{t16}"
+    );
+    let o = run_graft(&[
+        "fold",
+        m.to_str().unwrap(),
+        "-o",
+        out16.to_str().unwrap(),
+        "--merge-dtype",
+        "f64",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+}

@@ -57,6 +57,14 @@ pub struct Args {
     /// reported (not judged against the tolerance).
     #[arg(long, value_name = "NPZ")]
     pub calibrate: Option<PathBuf>,
+    /// Store every merged weight in the type it had (the default).
+    #[arg(long, conflicts_with = "merge_dtype")]
+    pub keep_dtype: bool,
+    /// Store merged float16/bfloat16 weights in this type instead (only `f32`), running those
+    /// linears in float32 between two Casts: the adapter's delta is not rounded away when it
+    /// is small next to the weight (see the delta fidelity in the report).
+    #[arg(long, value_name = "f32")]
+    pub merge_dtype: Option<String>,
     /// Relative Frobenius error allowed per output (default by dtype: f32 1e-4, f16 1e-2,
     /// bf16 3e-2).
     #[arg(long)]
@@ -158,6 +166,16 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     let weight_bytes = Sizes::of(&original).bytes;
     let too_big = weight_bytes > WHOLE_MODEL_LIMIT;
     driver.verify_rewrites = !a.no_verify && (a.verify_each || too_big);
+    driver.merge_dtype = match a.merge_dtype.as_deref() {
+        None => None,
+        Some("f32" | "float32" | "float") => Some(graft::ir::dtype::code::FLOAT),
+        Some(other) => {
+            return Err(graft::Error::Usage(format!(
+                "--merge-dtype {other}: the only choice is f32"
+            ))
+            .into());
+        }
+    };
     let calibration = match &a.calibrate {
         Some(p) => {
             let batches = graft::verify::calibration_batches(p, &shapes)?;

@@ -59,6 +59,9 @@ pub struct PassContext {
     /// Mean Frobenius norms of the model's values on calibration inputs (`--calibrate`), by
     /// value name; lets folds approximate one input of a region by a scaled other one.
     pub calibration: Option<std::sync::Arc<std::collections::HashMap<String, f64>>>,
+    /// Element type merged float16/bfloat16 weights are stored in (`--merge-dtype f32`);
+    /// `None` keeps each weight's type.
+    pub merge_dtype: Option<i32>,
 }
 
 impl PassContext {
@@ -193,6 +196,8 @@ pub struct Driver<'a> {
     pub verify_rewrites: bool,
     /// Calibration norms handed to passes.
     pub calibration: Option<std::sync::Arc<std::collections::HashMap<String, f64>>>,
+    /// Handed to passes as `PassContext::merge_dtype`.
+    pub merge_dtype: Option<i32>,
     dumps: usize,
 }
 
@@ -205,6 +210,7 @@ impl<'a> Driver<'a> {
             verify_ir: cfg!(debug_assertions),
             verify_rewrites: false,
             calibration: None,
+            merge_dtype: None,
             dumps: 0,
         }
     }
@@ -289,6 +295,7 @@ impl<'a> Driver<'a> {
             pass: pass.name().to_string(),
             verify_rewrites: self.verify_rewrites,
             calibration: self.calibration.clone(),
+            merge_dtype: self.merge_dtype,
             ..Default::default()
         };
         let outcome = pass.run(model, &mut cx).and_then(|n| {
