@@ -370,3 +370,62 @@ fn weights_in_external_data_are_merged_while_streaming() {
         assert_eq!(chk[out.to_str().unwrap()], "ok", "{exp}: {chk}");
     }
 }
+
+/// A pass that breaks the model: it negates the first float matrix initializer it finds.
+struct Breaks;
+
+impl graft::driver::Pass for Breaks {
+    fn name(&self) -> &'static str {
+        "breaks-things"
+    }
+    fn summary(&self) -> &'static str {
+        "negates a weight (a test of the per-pass check)"
+    }
+    fn run(
+        &self,
+        model: &mut graft::ir::Model,
+        _cx: &mut graft::driver::PassContext,
+    ) -> graft::Result<usize> {
+        let g = &mut model.graph;
+        let (v, t) = g
+            .initializers()
+            .find(|(_, t)| t.dtype == 1 && t.dims.len() == 2)
+            .map(|(v, t)| (v, t.clone()))
+            .expect("a float matrix");
+        let a = graft::rewrite::consts::to_f64(&t, "w")?;
+        let neg = a.mapv(|x| -x);
+        g.set_initializer(v, graft::rewrite::consts::from_f64(&neg, t.dtype))?;
+        Ok(1)
+    }
+}
+
+static BREAKS: Breaks = Breaks;
+
+#[test]
+fn the_per_pass_check_names_a_pass_that_changes_outputs() {
+    let path = repo().join("models/bert_base/unmerged.ts.onnx");
+    let mut model = graft::onnx::load_model(&path).unwrap();
+    let before = graft::driver::Sizes::of(&model);
+    let shapes = graft::verify::input_shapes(&model, &Default::default()).unwrap();
+    let inputs = graft::verify::random_inputs(&shapes, 0).unwrap();
+    let reference = graft::verify::run(&model, &inputs).unwrap();
+    let lookup = |name: &str| -> Option<&'static dyn graft::driver::Pass> {
+        (name == "breaks-things").then_some(&BREAKS as &dyn graft::driver::Pass)
+    };
+    let mut driver = graft::driver::Driver::new(&lookup);
+    driver.check_inputs = Some(inputs.clone());
+    let steps = vec![graft::driver::pipeline::Step::Pass("breaks-things".into())];
+    let err = driver.run(&mut model, &steps).unwrap_err().to_string();
+    assert!(
+        err.contains("breaks-things") && err.contains("changed output"),
+        "{err}"
+    );
+    // The pass was undone.
+    assert_eq!(
+        graft::driver::Sizes::of(&model).parameters,
+        before.parameters
+    );
+    let again = graft::verify::run(&model, &inputs).unwrap();
+    let diffs = graft::verify::compare(&reference, &again, Some(0.0)).unwrap();
+    assert!(diffs.iter().all(|d| d.rel_fro == 0.0), "{diffs:?}");
+}

@@ -41,8 +41,9 @@ pub struct Args {
     #[arg(long)]
     pub no_verify: bool,
     /// Also check every rewrite on its own (its old nodes against its new ones on random
-    /// inputs) and fail naming the pass and node that broke equivalence. Models with over
-    /// 1 GiB of weights are always checked this way instead of whole.
+    /// inputs) and every pass whole (the model before and after it), and fail naming the pass
+    /// and the node or output that broke equivalence. Models with over 1 GiB of weights are
+    /// always checked rewrite by rewrite instead of whole.
     #[arg(long, conflicts_with = "no_verify")]
     pub verify_each: bool,
     /// Shape of an input with symbolic dims for the check, e.g. input_ids=1,128 (repeatable).
@@ -186,6 +187,13 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         None => None,
     };
+    if a.verify_each && !too_big {
+        // Every pass is also checked whole, on the inputs the final check uses.
+        driver.check_inputs = Some(match &a.inputs {
+            Some(p) => graft::verify::npz_inputs(p, &shapes)?,
+            None => graft::verify::random_inputs(&shapes, 0)?,
+        });
+    }
     a.dump.install(&mut driver)?;
     let run = driver.run(&mut model, &steps)?;
     drop(driver);

@@ -198,6 +198,11 @@ pub struct Driver<'a> {
     pub calibration: Option<std::sync::Arc<std::collections::HashMap<String, f64>>>,
     /// Handed to passes as `PassContext::merge_dtype`.
     pub merge_dtype: Option<i32>,
+    /// With inputs, every pass that rewrote something is checked whole: the model before and
+    /// after it run on these inputs, and a pass that changes an output beyond the tolerance
+    /// for its type fails (and is undone), naming the output (`--verify-each` on models small
+    /// enough to run; passes that rewrite regions also check each rewrite on its own).
+    pub check_inputs: Option<Vec<(String, crate::eval::TensorValue)>>,
     dumps: usize,
 }
 
@@ -211,6 +216,7 @@ impl<'a> Driver<'a> {
             verify_rewrites: false,
             calibration: None,
             merge_dtype: None,
+            check_inputs: None,
             dumps: 0,
         }
     }
@@ -307,6 +313,17 @@ impl<'a> Driver<'a> {
             }
             Ok(n)
         });
+        let outcome = outcome.and_then(|n| {
+            if n > 0
+                && let Some(inputs) = &self.check_inputs
+            {
+                check_pass(&backup, model, inputs).map_err(|msg| Error::Pass {
+                    pass: pass.name().into(),
+                    msg,
+                })?;
+            }
+            Ok(n)
+        });
         let rewrites = match outcome {
             Ok(n) => n,
             Err(e) => {
@@ -329,5 +346,27 @@ impl<'a> Driver<'a> {
             refusals: cx.refusals,
             details: cx.rewrites,
         })
+    }
+}
+
+/// Runs `before` and `after` on `inputs` and says which output a pass changed beyond the
+/// whole-network tolerance for its type.
+fn check_pass(
+    before: &Model,
+    after: &Model,
+    inputs: &[(String, crate::eval::TensorValue)],
+) -> std::result::Result<(), String> {
+    let run = |m: &Model, which: &str| {
+        crate::verify::run(m, inputs).map_err(|e| format!("running the model {which} it: {e}"))
+    };
+    let (ya, yb) = (run(before, "before")?, run(after, "after")?);
+    let diffs = crate::verify::compare(&ya, &yb, None).map_err(|e| e.to_string())?;
+    match diffs.iter().find(|d| !d.ok) {
+        None => Ok(()),
+        Some(d) => Err(format!(
+            "changed output '{}' by {:.2e} (relative Frobenius error; tolerance {:.0e}) on the \
+             check inputs",
+            d.name, d.rel_fro, d.tolerance
+        )),
     }
 }
