@@ -833,6 +833,21 @@ fn usage_errors_exit_2_with_a_reason_and_write_nothing() {
     let cnn = repo().join("models/cnn_base/unmerged.ts.onnx");
     let (bert, cnn) = (s(&bert), s(&cnn));
 
+    // A scale that is not a number would make every output NaN.
+    let e = insert_fails(
+        &[
+            bert,
+            "--adapter",
+            "lora",
+            "--target",
+            "query",
+            "--alpha",
+            "nan",
+        ],
+        2,
+    );
+    assert!(e.contains("--alpha"), "{e}");
+
     // A typo: the message names the closest candidates.
     let e = insert_fails(&[bert, "--adapter", "lora", "--target", "qurey"], 2);
     assert!(e.contains(NO_MATCH) && e.contains("qurey"), "{e}");

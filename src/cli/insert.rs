@@ -92,6 +92,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if spec.rank == 0 {
         return Err(graft::Error::Usage("--rank must be at least 1".into()).into());
     }
+    if !spec.alpha.is_finite() {
+        return Err(
+            graft::Error::Usage(format!("--alpha {}: give a finite number", a.alpha)).into(),
+        );
+    }
     let mut model = super::textio::load_any(&a.model)?;
     let opts = EmitOptions {
         as_inputs: a.as_inputs,
