@@ -848,6 +848,21 @@ fn usage_errors_exit_2_with_a_reason_and_write_nothing() {
     );
     assert!(e.contains("--alpha"), "{e}");
 
+    // A LoRA rank beyond both of the target's dimensions is refused, not allocated.
+    let e = insert_fails(
+        &[
+            bert,
+            "--adapter",
+            "lora",
+            "--target",
+            "query",
+            "--rank",
+            "100000000",
+        ],
+        2,
+    );
+    assert!(e.contains("--rank 100000000"), "{e}");
+
     // A typo: the message names the closest candidates.
     let e = insert_fails(&[bert, "--adapter", "lora", "--target", "qurey"], 2);
     assert!(e.contains(NO_MATCH) && e.contains("qurey"), "{e}");

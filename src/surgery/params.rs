@@ -257,8 +257,15 @@ pub fn initial(
     if r == 0 {
         return Err(Error::Usage("--rank must be at least 1".into()));
     }
+
     match spec.kind {
         Kind::Lora | Kind::Dora => {
+            if r > t.d_in.max(t.d_out) {
+                return Err(Error::Usage(format!(
+                    "--rank {r} is larger than both of '{}''s dimensions ({} in, {} out)",
+                    t.scope, t.d_in, t.d_out
+                )));
+            }
             let m = weight_xm(g, t)?;
             let w_std = (m.iter().map(|x| x * x).sum::<f64>() / m.len().max(1) as f64)
                 .sqrt()
