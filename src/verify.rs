@@ -291,6 +291,16 @@ pub fn compare(
     Ok(out)
 }
 
+/// Parses every `--input-shape name=1,128` into the overrides [`input_shapes`] takes.
+pub fn parse_input_shapes(
+    specs: &[String],
+) -> Result<std::collections::BTreeMap<String, Vec<i64>>> {
+    specs
+        .iter()
+        .map(|s| parse_input_shape(s).map_err(Error::Usage))
+        .collect()
+}
+
 /// Parses `name=1,128`.
 pub fn parse_input_shape(s: &str) -> std::result::Result<(String, Vec<i64>), String> {
     let (name, dims) = s

@@ -1,6 +1,5 @@
 //! `graft apply`: apply PEFT adapters to an ONNX base model.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -118,11 +117,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
             eprintln!("warning: check skipped: the other form cannot be built: {e}");
             return finish(a, model, &applied, o, adapters.len());
         }
-        let mut overrides = BTreeMap::new();
-        for s in &a.input_shape {
-            let (n, d) = graft::verify::parse_input_shape(s).map_err(graft::Error::Usage)?;
-            overrides.insert(n, d);
-        }
+        let overrides = graft::verify::parse_input_shapes(&a.input_shape)?;
         let shapes = graft::verify::input_shapes(&original, &overrides)?;
         let inputs = graft::verify::random_inputs(&shapes, 0)?;
         let ya = graft::verify::run(&model, &inputs).context("running the result")?;

@@ -133,11 +133,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             true,
         )
         .context("applying the extracted adapter to the base")?;
-        let mut overrides = std::collections::BTreeMap::new();
-        for s in &a.input_shape {
-            let (n, d) = graft::verify::parse_input_shape(s).map_err(graft::Error::Usage)?;
-            overrides.insert(n, d);
-        }
+        let overrides = graft::verify::parse_input_shapes(&a.input_shape)?;
         let shapes = graft::verify::input_shapes(&tuned, &overrides)?;
         let inputs = graft::verify::random_inputs(&shapes, 0)?;
         let ya = graft::verify::run(&tuned, &inputs).context("running the tuned model")?;

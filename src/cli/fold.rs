@@ -1,6 +1,6 @@
 //! `graft fold`: fold every linear adapter back into the base weights, verify, report.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -140,11 +140,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         (Some(o), _) => o.clone(),
         (None, _) => a.model.clone(),
     };
-    let mut overrides = BTreeMap::new();
-    for s in &a.input_shape {
-        let (n, d) = graft::verify::parse_input_shape(s).map_err(graft::Error::Usage)?;
-        overrides.insert(n, d);
-    }
+    let overrides = graft::verify::parse_input_shapes(&a.input_shape)?;
     let original = super::textio::load_any(&a.model)?;
     for name in overrides.keys() {
         if !original

@@ -1,6 +1,5 @@
 //! `graft verify A B`: run both models on the CPU evaluator with the same inputs and compare.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -24,11 +23,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
-    let mut overrides = BTreeMap::new();
-    for s in &a.input_shape {
-        let (n, d) = graft::verify::parse_input_shape(s).map_err(graft::Error::Usage)?;
-        overrides.insert(n, d);
-    }
+    let overrides = graft::verify::parse_input_shapes(&a.input_shape)?;
     let ma = super::textio::load_any(&a.a)?;
     let mb = super::textio::load_any(&a.b)?;
     let shapes = graft::verify::input_shapes(&ma, &overrides)?;
