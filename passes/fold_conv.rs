@@ -797,15 +797,6 @@ impl Pass for FoldConv {
     }
 }
 
-fn ints_attr(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        ints: v.to_vec(),
-        type_: onnx_protobuf::attribute_proto::AttributeType::INTS.into(),
-        ..Default::default()
-    }
-}
-
 /// Runs the fold; returns how many regions were rewritten and what each did.
 pub fn fold_conv(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
     let mut order = model.graph.topo_order()?;
@@ -1100,11 +1091,11 @@ pub fn fold_conv(model: &mut Model, cx: &mut PassContext) -> Result<usize> {
                                 !matches!(a.name.as_str(), "kernel_shape" | "pads" | "group")
                             });
                             let ks: Vec<i64> = k.k.shape()[2..].iter().map(|&d| d as i64).collect();
-                            n.attrs.push(ints_attr("kernel_shape", &ks));
+                            n.attrs.push(crate::rewrite::ints_attr("kernel_shape", &ks));
                             let pads: Vec<i64> =
                                 k.pads_begin.iter().chain(&k.pads_end).copied().collect();
                             if pads.iter().any(|&p| p != 0) {
-                                n.attrs.push(ints_attr("pads", &pads));
+                                n.attrs.push(crate::rewrite::ints_attr("pads", &pads));
                             }
                             if k.geom.groups != 1 {
                                 n.attrs.push(AttributeProto {

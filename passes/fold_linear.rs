@@ -525,16 +525,12 @@ fn build_root(
                     stored_dtype
                 };
                 let sv = if promote {
-                    let t = g.fresh_value(&format!("{out_name}_f32_in"));
-                    let mut n = Node::new("Cast");
-                    n.inputs = vec![Some(sv)];
-                    n.outputs = vec![Some(t)];
-                    n.attrs = vec![onnx_protobuf::AttributeProto {
-                        name: "to".into(),
-                        i: crate::ir::dtype::code::FLOAT as i64,
-                        type_: onnx_protobuf::attribute_proto::AttributeType::INT.into(),
-                        ..Default::default()
-                    }];
+                    let (n, t) = cast_node(
+                        g,
+                        sv,
+                        crate::ir::dtype::code::FLOAT,
+                        &format!("{out_name}_f32_in"),
+                    );
                     nodes.push(n);
                     t
                 } else {
@@ -645,16 +641,7 @@ fn build_root(
                 }
                 nodes.push(node);
                 let t = if promote {
-                    let back = g.fresh_value(&format!("{out_name}_from_f32"));
-                    let mut n = Node::new("Cast");
-                    n.inputs = vec![Some(t)];
-                    n.outputs = vec![Some(back)];
-                    n.attrs = vec![onnx_protobuf::AttributeProto {
-                        name: "to".into(),
-                        i: stored_dtype as i64,
-                        type_: onnx_protobuf::attribute_proto::AttributeType::INT.into(),
-                        ..Default::default()
-                    }];
+                    let (n, back) = cast_node(g, t, stored_dtype, &format!("{out_name}_from_f32"));
                     nodes.push(n);
                     back
                 } else {
@@ -989,6 +976,16 @@ fn reshape_node(g: &mut Graph, input: ValueId, shape: &[i64], hint: &str) -> (No
     let mut n = Node::new("Reshape");
     n.inputs = vec![Some(input), Some(shp)];
     n.outputs = vec![Some(out)];
+    (n, out)
+}
+
+/// `Cast(input, to)` writing a fresh value named after `hint`.
+fn cast_node(g: &mut Graph, input: ValueId, to: i32, hint: &str) -> (Node, ValueId) {
+    let out = g.fresh_value(hint);
+    let mut n = Node::new("Cast");
+    n.inputs = vec![Some(input)];
+    n.outputs = vec![Some(out)];
+    n.attrs = vec![crate::rewrite::int_attr("to", i64::from(to))];
     (n, out)
 }
 

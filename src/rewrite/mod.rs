@@ -9,6 +9,26 @@ pub mod linear;
 pub mod region;
 pub mod types;
 
+/// An `ints` attribute for a node built by a rewrite.
+pub fn ints_attr(name: &str, v: &[i64]) -> onnx_protobuf::AttributeProto {
+    onnx_protobuf::AttributeProto {
+        name: name.into(),
+        ints: v.to_vec(),
+        type_: onnx_protobuf::attribute_proto::AttributeType::INTS.into(),
+        ..Default::default()
+    }
+}
+
+/// An `int` attribute for a node built by a rewrite.
+pub fn int_attr(name: &str, v: i64) -> onnx_protobuf::AttributeProto {
+    onnx_protobuf::AttributeProto {
+        name: name.into(),
+        i: v,
+        type_: onnx_protobuf::attribute_proto::AttributeType::INT.into(),
+        ..Default::default()
+    }
+}
+
 /// Union-find root of `x` with path compression (used to group nodes into regions).
 pub fn find_root(parent: &mut [usize], x: usize) -> usize {
     let mut r = x;

@@ -6,7 +6,7 @@
 //! annotations stay as they were. Input-side adapters feed a new value to the target alone.
 
 use ndarray::{Array1, Array2, ArrayD, IxDyn};
-use onnx_protobuf::{AttributeProto, ValueInfoProto, attribute_proto::AttributeType, type_proto};
+use onnx_protobuf::{AttributeProto, ValueInfoProto, type_proto};
 
 use super::params::{Params, Position, Side};
 use super::target::{Target, TargetOp};
@@ -40,15 +40,6 @@ struct Builder<'a> {
     dtype: i32,
     opts: EmitOptions,
     out: Emitted,
-}
-
-fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto {
-        name: name.into(),
-        ints: v.to_vec(),
-        type_: AttributeType::INTS.into(),
-        ..Default::default()
-    }
 }
 
 impl Builder<'_> {
@@ -351,7 +342,7 @@ fn lora(
             "Transpose",
             "dora_weight_t",
             &[t.weight],
-            vec![ints("perm", &[1, 0])],
+            vec![crate::rewrite::ints_attr("perm", &[1, 0])],
             None,
         )?,
         _ => t.weight,
