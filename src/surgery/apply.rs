@@ -435,28 +435,20 @@ fn replace_bias(g: &mut Graph, t: &Target, bias: &Array1<f64>) -> Result<()> {
     let tensor = from_f64_like(&a, dtype, external)?;
     let val = g.value(bv);
     if val.consumers.len() > 1 || val.is_input || g.is_output(bv) {
-        let (node, slot) = val.consumers[0];
+        // The bias is read by the node itself (Gemm, Conv) or by the Add after a MatMul.
         let reader = match t.op {
             TargetOp::MatMul => g.producer(t.module_output),
             _ => Some(t.node),
-        };
-        let (node, slot) = match reader {
-            Some(r) => {
-                let slot = g
-                    .node(r)
-                    .inputs
-                    .iter()
-                    .position(|&i| i == Some(bv))
-                    .ok_or_else(|| Error::graph("bias reader lost"))?;
-                (r, crate::ir::Slot::Input(slot))
-            }
-            None => (node, slot),
-        };
-        let crate::ir::Slot::Input(i) = slot else {
-            return Err(Error::graph("bias read by a subgraph"));
-        };
+        }
+        .ok_or_else(|| Error::graph(format!("{}: the bias's reader is gone", t.scope)))?;
+        let slot = g
+            .node(reader)
+            .inputs
+            .iter()
+            .position(|&i| i == Some(bv))
+            .ok_or_else(|| Error::graph(format!("{}: the bias's reader is gone", t.scope)))?;
         let v = g.add_initializer(&format!("{}.bias_merged", t.scope), tensor);
-        g.set_input(node, i, Some(v));
+        g.set_input(reader, slot, Some(v));
     } else {
         g.set_initializer(bv, tensor)?;
     }
