@@ -26,6 +26,12 @@ pub enum Error {
     /// The request itself is wrong (unknown pass name, bad pipeline syntax, unsafe output path).
     #[error("{0}")]
     Usage(String),
+    /// The model cannot be compiled to WGSL (an unsupported op or form, named with its node).
+    #[error("{0}")]
+    Compile(String),
+    /// The GPU runtime failed (no adapter, a device error, a plan that does not fit).
+    #[error("gpu: {0}")]
+    Gpu(String),
     /// Writing the output failed; nothing was left behind.
     #[error("{}: {msg}", path.display())]
     Save { path: PathBuf, msg: String },

@@ -4,6 +4,7 @@
 //! (pass manager), `passes` (one file per pass, in the top-level `passes/` folder), `rewrite`,
 //! `eval` (CPU reference kernels), `ir`, `onnx` and `text` (formats).
 
+pub mod codegen;
 pub mod error;
 pub mod eval;
 pub mod ir;
@@ -18,4 +19,5 @@ pub mod driver;
 pub mod passes;
 pub mod peft;
 pub mod rewrite;
+pub mod runtime;
 pub mod surgery;

@@ -9,11 +9,13 @@ macro_rules! outln {
 }
 
 mod apply;
+mod compile;
 mod extract;
 mod fold;
 mod insert;
 mod inspect;
 mod opt;
+mod run;
 mod textio;
 mod verify;
 
@@ -76,6 +78,14 @@ enum Command {
         after_help = "Example:\n  graft verify model.onnx folded.onnx\n  graft verify a.onnx b.onnx --inputs inputs.npz --tolerance 1e-5"
     )]
     Verify(verify::Args),
+    /// Lower a model to WGSL compute shaders, an execution plan and a weights file that any
+    /// WebGPU host can run.
+    #[command(after_help = compile::AFTER_HELP)]
+    Compile(compile::Args),
+    /// Run a model or a compiled plan on the GPU (wgpu) or the CPU evaluator; write outputs as
+    /// .npy; compare with the CPU evaluator or stored outputs.
+    #[command(after_help = run::AFTER_HELP)]
+    Run(run::Args),
     /// List every pass and named pipeline with its one-line summary.
     Passes,
 }
@@ -105,6 +115,11 @@ pub fn main() -> i32 {
             Err(e) => Err(e),
         },
         Command::Verify(a) => match verify::run(a) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
+        Command::Compile(a) => compile::run(a),
+        Command::Run(a) => match run::run(a) {
             Ok(code) => return code,
             Err(e) => Err(e),
         },

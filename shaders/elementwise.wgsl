@@ -1,0 +1,305 @@
+// Elementwise program interpreter: one invocation per output element.
+//
+// A chain of fused elementwise ONNX nodes is encoded as a small register program in the info
+// buffer; every invocation runs the same program (uniform control flow), so the kernel is
+// specialised by data, not by text. All tensors are 32-bit words: f32, or i32 for integer and
+// bool tensors (int64 is narrowed to i32 at the plan's edges).
+//
+// info words:
+//   0 n (output elements)  1 rank  2 inputs  3 instructions  4 result register  5 output base
+//   8..8+rank                      output dims
+//   then per input k: base, strides[rank] (element strides in the output's coordinates)
+//   then instructions, 5 words each: op, dst, a, b, c
+
+@group(0) @binding(0) var<uniform> info: array<vec4<u32>, 64>;
+@group(0) @binding(1) var<storage, read_write> dst: array<u32>;
+@group(0) @binding(2) var<storage, read> src0: array<u32>;
+@group(0) @binding(3) var<storage, read> src1: array<u32>;
+@group(0) @binding(4) var<storage, read> src2: array<u32>;
+@group(0) @binding(5) var<storage, read> src3: array<u32>;
+
+override WG: u32 = 64u;
+
+fn word(i: u32) -> u32 {
+    return info[i >> 2u][i & 3u];
+}
+
+fn load_input(k: u32, idx: u32) -> u32 {
+    switch k {
+        case 0u: { return src0[idx]; }
+        case 1u: { return src1[idx]; }
+        case 2u: { return src2[idx]; }
+        default: { return src3[idx]; }
+    }
+}
+
+fn nan() -> f32 {
+    return bitcast<f32>(0x7fc00000u);
+}
+
+fn inf() -> f32 {
+    return bitcast<f32>(0x7f800000u);
+}
+
+// erf by Abramowitz and Stegun 7.1.26 (absolute error below 1.5e-7)
+fn erf_approx(x: f32) -> f32 {
+    let s = sign(x);
+    let a = abs(x);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-a * a);
+    return s * y;
+}
+
+fn tanh_safe(x: f32) -> f32 {
+    return tanh(clamp(x, -15.0, 15.0));
+}
+
+fn sigmoid(x: f32) -> f32 {
+    if (x >= 0.0) {
+        return 1.0 / (1.0 + exp(-x));
+    }
+    let e = exp(x);
+    return e / (1.0 + e);
+}
+
+// x^y with ONNX/numpy semantics for negative bases and integral exponents
+fn fpow(x: f32, y: f32) -> f32 {
+    if (y == 0.0) { return 1.0; }
+    if (y == 1.0) { return x; }
+    if (y == 2.0) { return x * x; }
+    if (y == 0.5) { return sqrt(x); }
+    if (x == 0.0) {
+        if (y > 0.0) { return 0.0; }
+        return inf();
+    }
+    if (x > 0.0) { return exp2(y * log2(x)); }
+    if (floor(y) == y) {
+        let r = exp2(y * log2(-x));
+        if (abs(y % 2.0) == 1.0) { return -r; }
+        return r;
+    }
+    return nan();
+}
+
+fn ipow(x: i32, y: i32) -> i32 {
+    if (y < 0) {
+        if (x == 1) { return 1; }
+        if (x == -1) { if ((y & 1) == 0) { return 1; } return -1; }
+        return 0;
+    }
+    var r = 1;
+    var b = x;
+    var e = y;
+    for (var i = 0u; i < 32u && e > 0; i = i + 1u) {
+        if ((e & 1) == 1) { r = r * b; }
+        b = b * b;
+        e = e >> 1u;
+    }
+    return r;
+}
+
+fn pymod_i(a: i32, b: i32) -> i32 {
+    if (b == 0) { return 0; }
+    var r = a % b;
+    if (r != 0 && ((r < 0) != (b < 0))) { r = r + b; }
+    return r;
+}
+
+fn pymod_f(a: f32, b: f32) -> f32 {
+    var r = a - trunc(a / b) * b;
+    if (r != 0.0 && ((r < 0.0) != (b < 0.0))) { r = r + b; }
+    return r;
+}
+
+fn b2u(b: bool) -> u32 {
+    return select(0u, 1u, b);
+}
+
+fn gelu_erf(x: f32) -> f32 {
+    return 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752));
+}
+
+fn gelu_tanh(x: f32) -> f32 {
+    return 0.5 * x * (1.0 + tanh_safe(0.79788456080286536 * (x + 0.044715 * x * x * x)));
+}
+
+fn unary_f(op: u32, x: f32) -> f32 {
+    switch op {
+        case 10u: { return -x; }
+        case 11u: { return abs(x); }
+        case 12u: { return exp(x); }
+        case 13u: { return log(x); }
+        case 14u: { return sqrt(x); }
+        case 15u: { return 1.0 / x; }
+        case 16u: { return tanh_safe(x); }
+        case 17u: { return sigmoid(x); }
+        case 18u: { return erf_approx(x); }
+        case 19u: { return max(x, 0.0); }
+        case 20u: { return floor(x); }
+        case 21u: { return ceil(x); }
+        case 22u: { return round(x); }
+        case 23u: { return sin(x); }
+        case 24u: { return cos(x); }
+        case 25u: { return tan(x); }
+        case 26u: { return asin(x); }
+        case 27u: { return acos(x); }
+        case 28u: { return atan(x); }
+        case 29u: { return sinh(x); }
+        case 30u: { return cosh(x); }
+        case 31u: { return asinh(x); }
+        case 32u: { return acosh(x); }
+        case 33u: { return atanh(x); }
+        case 34u: { return sign(x); }
+        case 35u: { return gelu_erf(x); }
+        case 36u: { return gelu_tanh(x); }
+        case 37u: { return max(x, 0.0) + log(1.0 + exp(-abs(x))); }
+        default: { return nan(); }
+    }
+}
+
+fn binary_f(op: u32, x: f32, y: f32) -> f32 {
+    switch op {
+        case 50u: { return x + y; }
+        case 51u: { return x - y; }
+        case 52u: { return x * y; }
+        case 53u: { return x / y; }
+        case 54u: { return fpow(x, y); }
+        case 55u: { if (x != x || y != y) { return nan(); } return min(x, y); }
+        case 56u: { if (x != x || y != y) { return nan(); } return max(x, y); }
+        case 57u: { return x - trunc(x / y) * y; }
+        case 58u: { return pymod_f(x, y); }
+        default: { return nan(); }
+    }
+}
+
+fn binary_i(op: u32, x: i32, y: i32) -> i32 {
+    switch op {
+        case 70u: { return x + y; }
+        case 71u: { return x - y; }
+        case 72u: { return x * y; }
+        case 73u: { if (y == 0) { return 0; } return x / y; }
+        case 74u: { return pymod_i(x, y); }
+        case 75u: { if (y == 0) { return 0; } return x % y; }
+        case 76u: { return min(x, y); }
+        case 77u: { return max(x, y); }
+        case 81u: { return ipow(x, y); }
+        default: { return 0; }
+    }
+}
+
+fn compare(op: u32, a: u32, b: u32) -> bool {
+    let x = bitcast<f32>(a);
+    let y = bitcast<f32>(b);
+    let i = bitcast<i32>(a);
+    let j = bitcast<i32>(b);
+    switch op {
+        case 60u: { return x == y; }
+        case 61u: { return x < y; }
+        case 62u: { return x <= y; }
+        case 63u: { return x > y; }
+        case 64u: { return x >= y; }
+        case 85u: { return i == j; }
+        case 86u: { return i < j; }
+        case 87u: { return i <= j; }
+        case 88u: { return i > j; }
+        case 89u: { return i >= j; }
+        default: { return false; }
+    }
+}
+
+fn execute(op: u32, a: u32, b: u32, c: u32) -> u32 {
+    if (op >= 10u && op < 50u) {
+        let x = bitcast<f32>(a);
+        switch op {
+            case 38u: { return b2u(x != x); }
+            case 39u: { return b2u(x == inf()); }
+            case 40u: { return b2u(x == -inf()); }
+            default: { return bitcast<u32>(unary_f(op, x)); }
+        }
+    }
+    if (op >= 50u && op < 60u) {
+        return bitcast<u32>(binary_f(op, bitcast<f32>(a), bitcast<f32>(b)));
+    }
+    if ((op >= 60u && op < 70u) || (op >= 85u && op < 90u)) {
+        return b2u(compare(op, a, b));
+    }
+    let i = bitcast<i32>(a);
+    let j = bitcast<i32>(b);
+    switch op {
+        case 78u: { return bitcast<u32>(-i); }
+        case 79u: { return bitcast<u32>(abs(i)); }
+        case 80u: { return bitcast<u32>(sign(i)); }
+        case 90u: { return b2u(a != 0u && b != 0u); }
+        case 91u: { return b2u(a != 0u || b != 0u); }
+        case 92u: { return b2u((a != 0u) != (b != 0u)); }
+        case 93u: { return b2u(a == 0u); }
+        case 94u: { return a & b; }
+        case 95u: { return a | b; }
+        case 96u: { return a ^ b; }
+        case 97u: { return ~a; }
+        case 98u: { return a << (b & 31u); }
+        case 99u: { return a >> (b & 31u); }
+        case 100u: { return bitcast<u32>(i32(bitcast<f32>(a))); }
+        case 101u: { return bitcast<u32>(f32(i)); }
+        case 102u: { return b2u(bitcast<f32>(a) != 0.0); }
+        case 103u: { return b2u(a != 0u); }
+        case 104u: { return bitcast<u32>(unpack2x16float(pack2x16float(vec2<f32>(bitcast<f32>(a), 0.0))).x); }
+        case 105u: {
+            // round to nearest even at bfloat16 precision (NaN kept)
+            if (bitcast<f32>(a) != bitcast<f32>(a)) { return a; }
+            return (a + 0x7fffu + ((a >> 16u) & 1u)) & 0xffff0000u;
+        }
+        case 106u: { return a & 0xffu; }
+        case 107u: { return bitcast<u32>((bitcast<i32>(a) << 24u) >> 24u); }
+        case 108u: { return a & 0xffffu; }
+        case 109u: { return bitcast<u32>((bitcast<i32>(a) << 16u) >> 16u); }
+        case 110u: { return select(c, b, a != 0u); }
+        default: { return bitcast<u32>(binary_i(op, i, j)); }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = gid.x + gid.y * nwg.x * WG;
+    let n = word(0u);
+    if (idx >= n) {
+        return;
+    }
+    let rank = word(1u);
+    let inputs = word(2u);
+    let count = word(3u);
+    // output coordinates, innermost last
+    var coord: array<u32, 8>;
+    var rest = idx;
+    for (var d = 0u; d < rank; d = d + 1u) {
+        let k = rank - 1u - d;
+        let extent = word(8u + k);
+        coord[k] = rest % extent;
+        rest = rest / extent;
+    }
+    let prog = 8u + rank + inputs * (rank + 1u);
+    var r: array<u32, 16>;
+    for (var p = 0u; p < count; p = p + 1u) {
+        let at = prog + p * 5u;
+        let op = word(at);
+        let d = word(at + 1u);
+        let a = word(at + 2u);
+        let b = word(at + 3u);
+        let c = word(at + 4u);
+        if (op == 0u) {
+            let at_in = 8u + rank + a * (rank + 1u);
+            var off = word(at_in);
+            for (var k = 0u; k < rank; k = k + 1u) {
+                off = off + coord[k] * word(at_in + 1u + k);
+            }
+            r[d] = load_input(a, off);
+        } else if (op == 1u) {
+            r[d] = a;
+        } else if (op == 2u) {
+            r[d] = r[a];
+        } else {
+            r[d] = execute(op, r[a], r[b], r[c]);
+        }
+    }
+    dst[word(5u) + idx] = r[word(4u)];
+}

@@ -1,0 +1,125 @@
+//! The execution plan: everything a WebGPU host needs to run a compiled model, as written to
+//! `plan.json` (format documented in docs/plan-format.md).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT: &str = "graft-plan";
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Plan {
+    pub format: String,
+    pub version: u32,
+    /// The ONNX file the plan was compiled from, and its size and modification time, so that a
+    /// plan run with other shapes can be recompiled from it.
+    pub source: Source,
+    /// The shapes (and, for inputs whose values decide shapes, the values) this plan is
+    /// specialised for.
+    pub specialised_for: Specialisation,
+    /// Whether kernels use `f16` (the adapter's `shader-f16`). Always false in this version:
+    /// f16 and bf16 tensors are computed in f32.
+    pub shader_f16: bool,
+    /// 32-bit words of per-dispatch info; dispatch `i`'s words live at byte
+    /// `i * info_stride_bytes` of one uniform buffer.
+    pub info_words: u32,
+    pub info_stride_bytes: u32,
+    pub weights: WeightsFile,
+    pub buffers: Vec<Buffer>,
+    pub kernels: Vec<Kernel>,
+    pub dispatches: Vec<Dispatch>,
+    pub inputs: Vec<Port>,
+    pub outputs: Vec<Port>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Source {
+    pub path: String,
+    pub bytes: u64,
+    pub modified_unix_s: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Specialisation {
+    pub input_shapes: BTreeMap<String, Vec<usize>>,
+    pub input_values: BTreeMap<String, Vec<i64>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct WeightsFile {
+    pub file: String,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum BufferKind {
+    /// Filled once from `weights.bin` (`weights_offset`, `size` bytes).
+    Weight,
+    /// Written by the host before each run.
+    Input,
+    /// Written by dispatches; may hold different values over its lifetime.
+    Activation,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Buffer {
+    pub kind: BufferKind,
+    /// Bytes (a multiple of 4, at least 4).
+    pub size: u64,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub weights_offset: Option<u64>,
+    /// First and last dispatch that use the buffer (activations only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub lifetime: Option<[usize; 2]>,
+    /// Values held, for reading plans.
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Binding {
+    pub binding: u32,
+    /// "uniform", "read-only-storage" or "storage".
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Kernel {
+    /// Kernel name, e.g. "matmul_tiled".
+    pub name: String,
+    /// WGSL file in the plan folder.
+    pub shader: String,
+    pub entry_point: String,
+    /// Pipeline-overridable constants.
+    pub overrides: BTreeMap<String, f64>,
+    /// Binding 0 is always the info uniform; the rest are storage buffers in order.
+    pub bindings: Vec<Binding>,
+    /// Invocations per workgroup, for reading dispatch sizes.
+    pub workgroup_size: [u32; 3],
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Dispatch {
+    pub kernel: usize,
+    /// ONNX nodes this dispatch computes (several when fused).
+    pub nodes: Vec<String>,
+    /// Buffers for bindings 1.. of the kernel, in order.
+    pub buffers: Vec<usize>,
+    pub workgroups: [u32; 3],
+    pub info: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Port {
+    pub name: String,
+    /// ONNX element type name, e.g. "float32", "int64", "bool".
+    pub dtype: String,
+    /// Element type in the buffer: "f32" or "i32" (int64 and other integers narrowed, bool as
+    /// 0/1).
+    pub storage: String,
+    pub shape: Vec<usize>,
+    pub buffer: usize,
+}
