@@ -48,6 +48,10 @@ pub struct Args {
     /// Relative (Frobenius) error allowed by --compare (default 1e-4 for f32).
     #[arg(long)]
     pub tolerance: Option<f64>,
+    /// Also time N runs after a warm-up (GPU: dispatches only, inputs already uploaded; CPU:
+    /// the evaluator) and print the median latency as one JSON line.
+    #[arg(long, value_name = "N")]
+    pub time: Option<usize>,
     /// Plan cache folder.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -60,7 +64,9 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<i32> {
     if a.backend != "gpu" && a.backend != "cpu" {
-        return Err(graft::Error::Usage(format!("--backend {}: choose gpu or cpu", a.backend)).into());
+        return Err(
+            graft::Error::Usage(format!("--backend {}: choose gpu or cpu", a.backend)).into(),
+        );
     }
     if let Some(c) = &a.compare
         && c != "cpu"
@@ -92,7 +98,17 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     let outputs = if a.backend == "cpu" {
         let model = super::compile::load(&model_path, a.lowering.fold)?;
-        graft::verify::run(&model, &inputs)?
+        let out = graft::verify::run(&model, &inputs)?;
+        if let Some(n) = a.time {
+            let mut t = Vec::new();
+            for _ in 0..n {
+                let start = std::time::Instant::now();
+                graft::verify::run(&model, &inputs)?;
+                t.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+            print_timing("cpu-evaluator", &t);
+        }
+        out
     } else {
         let compiled = if plan_dir {
             let c = graft::codegen::read_dir(&a.target)?;
@@ -118,19 +134,23 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
                         ))
                         .into());
                     }
-                    eprintln!("note: the plan does not fit these inputs ({why}); recompiling {}", src.path);
+                    eprintln!(
+                        "note: the plan does not fit these inputs ({why}); recompiling {}",
+                        src.path
+                    );
                     compile_cached(&a, Path::new(&src.path), &inputs)?
                 }
             }
         } else {
             compile_cached(&a, &a.target, &inputs)?
         };
-        run_gpu(&compiled, &inputs)?
+        run_gpu_timed(&compiled, &inputs, a.time)?
     };
     let mut code = 0;
     if a.compare.is_some() {
         let model = super::compile::load(&model_path, a.lowering.fold)?;
-        let reference = graft::verify::run(&model, &inputs).context("running on the CPU evaluator")?;
+        let reference =
+            graft::verify::run(&model, &inputs).context("running on the CPU evaluator")?;
         let diffs = graft::verify::compare(&reference, &outputs, a.tolerance)?;
         let mut o = String::new();
         for d in &diffs {
@@ -146,13 +166,21 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         super::emit(&o);
         if diffs.iter().any(|d| !d.ok) {
-            eprintln!("error: {} differs from the CPU evaluator beyond the tolerance", a.backend);
+            eprintln!(
+                "error: {} differs from the CPU evaluator beyond the tolerance",
+                a.backend
+            );
             code = 1;
         }
     } else {
         let mut o = String::new();
         for (name, t) in &outputs {
-            outln!(o, "{name}: {} {:?}", graft::runtime::dtype_plan_name(t.data_type()), t.shape());
+            outln!(
+                o,
+                "{name}: {} {:?}",
+                graft::runtime::dtype_plan_name(t.data_type()),
+                t.shape()
+            );
         }
         super::emit(&o);
     }
@@ -197,7 +225,11 @@ fn gather_inputs(a: &Args, names: &[(String, i32)]) -> anyhow::Result<Vec<(Strin
         if !names.iter().any(|(n, _)| n == name) {
             return Err(graft::Error::Usage(format!(
                 "--input {name}: the model has no input of that name (it takes {})",
-                names.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                names
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
             .into());
         }
@@ -263,7 +295,13 @@ pub fn write_outputs(dir: &Path, outputs: &[(String, TensorValue)]) -> anyhow::R
     for (name, t) in outputs {
         let file: String = name
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let path = dir.join(format!("{file}.npy"));
         let err = |e: ndarray_npy::WriteNpyError| graft::Error::io(&path, std::io::Error::other(e));
@@ -280,9 +318,9 @@ pub fn write_outputs(dir: &Path, outputs: &[(String, TensorValue)]) -> anyhow::R
             TensorValue::U64(x) => write_npy(&path, x).map_err(err)?,
             TensorValue::Bool(x) => write_npy(&path, x).map_err(err)?,
             other => {
-                let f = other
-                    .to_f32_array()
-                    .ok_or_else(|| graft::Error::Usage(format!("output '{name}' cannot be written as .npy")))?;
+                let f = other.to_f32_array().ok_or_else(|| {
+                    graft::Error::Usage(format!("output '{name}' cannot be written as .npy"))
+                })?;
                 write_npy(&path, &f).map_err(err)?
             }
         }
@@ -365,7 +403,10 @@ fn compile_cached(
             shapes.join(";")
         );
         let h = sha2::Sha256::digest(text.as_bytes());
-        h.iter().take(12).map(|b| format!("{b:02x}")).collect::<String>()
+        h.iter()
+            .take(12)
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
     };
     let dir = cache_root(a).map(|r| r.join(key));
     if let Some(d) = &dir
@@ -386,23 +427,63 @@ fn compile_cached(
     Ok(compiled)
 }
 
-fn run_gpu(c: &Compiled, inputs: &[(String, TensorValue)]) -> anyhow::Result<Vec<(String, TensorValue)>> {
+fn print_timing(backend: &str, ms: &[f64]) {
+    let mut v = ms.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let median = if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    };
+    println!(
+        "{}",
+        serde_json::json!({"backend": backend, "runs": v.len(), "median_ms": median,
+                           "min_ms": v.first(), "max_ms": v.last()})
+    );
+}
+
+fn run_gpu(
+    c: &Compiled,
+    inputs: &[(String, TensorValue)],
+) -> anyhow::Result<Vec<(String, TensorValue)>> {
+    run_gpu_timed(c, inputs, None)
+}
+
+fn run_gpu_timed(
+    c: &Compiled,
+    inputs: &[(String, TensorValue)],
+    time: Option<usize>,
+) -> anyhow::Result<Vec<(String, TensorValue)>> {
     let gpu = Gpu::new()?;
     let shaders = &c.shaders;
     let exe = Executable::new(&gpu, &c.plan, &c.weights, &|name: &str| {
-        shaders
-            .get(name)
-            .cloned()
-            .ok_or_else(|| graft::Error::Gpu(format!("the plan names kernel file {name}, which is missing")))
+        shaders.get(name).cloned().ok_or_else(|| {
+            graft::Error::Gpu(format!(
+                "the plan names kernel file {name}, which is missing"
+            ))
+        })
     })?;
-    Ok(exe.run(&gpu, inputs)?)
+    let out = exe.run(&gpu, inputs)?;
+    if let Some(n) = time {
+        let mut t = Vec::new();
+        for _ in 0..n {
+            let start = std::time::Instant::now();
+            exe.dispatch(&gpu)?;
+            t.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        print_timing(&format!("gpu: {}", gpu.describe()), &t);
+    }
+    Ok(out)
 }
 
 fn has_data_sets(dir: &Path) -> bool {
     std::fs::read_dir(dir)
         .map(|rd| {
-            rd.flatten()
-                .any(|e| e.file_name().to_string_lossy().starts_with("test_data_set_"))
+            rd.flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("test_data_set_")
+            })
         })
         .unwrap_or(false)
 }
@@ -412,7 +493,8 @@ fn read_pb(path: &Path) -> anyhow::Result<(String, TensorValue)> {
     let bytes = std::fs::read(path).map_err(|e| graft::Error::io(path, e))?;
     let t = onnx_protobuf::TensorProto::parse_from_bytes(&bytes)
         .map_err(|e| graft::Error::bad_model(path, e.to_string()))?;
-    let v = TensorValue::from_proto(&t).map_err(|e| graft::Error::bad_model(path, e.to_string()))?;
+    let v =
+        TensorValue::from_proto(&t).map_err(|e| graft::Error::bad_model(path, e.to_string()))?;
     Ok((t.name.clone(), v))
 }
 
@@ -422,7 +504,11 @@ fn numbered(dir: &Path, prefix: &str) -> Vec<PathBuf> {
             rd.flatten()
                 .filter_map(|e| {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    let n = name.strip_prefix(prefix)?.strip_suffix(".pb")?.parse().ok()?;
+                    let n = name
+                        .strip_prefix(prefix)?
+                        .strip_suffix(".pb")?
+                        .parse()
+                        .ok()?;
                     Some((n, e.path()))
                 })
                 .collect()
@@ -446,7 +532,11 @@ fn run_backend_test(a: &Args) -> anyhow::Result<i32> {
     let mut sets: Vec<PathBuf> = std::fs::read_dir(&a.target)
         .map_err(|e| graft::Error::io(&a.target, e))?
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("test_data_set_"))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("test_data_set_")
+        })
         .map(|e| e.path())
         .collect();
     sets.sort();

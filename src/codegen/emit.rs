@@ -143,7 +143,11 @@ pub fn emit(
             let b = &mut buffers[p];
             b.size = b.size.max(need);
             b.values.extend(lw.bufs[i].names.iter().cloned());
-            let end = if last[i] == usize::MAX { nsteps.saturating_sub(1) } else { last[i] };
+            let end = if last[i] == usize::MAX {
+                nsteps.saturating_sub(1)
+            } else {
+                last[i]
+            };
             let lt = b.lifetime.get_or_insert([s, end]);
             lt[0] = lt[0].min(s);
             lt[1] = lt[1].max(end.min(nsteps.saturating_sub(1)));
@@ -351,10 +355,19 @@ fn encode(step: &super::lower::Step, opts: &CompileOptions) -> Result<Encoded> {
                     "matmul_tiled",
                     info,
                     bufs,
-                    [mm.n.div_ceil(64) as u32, mm.m.div_ceil(64) as u32, batch.max(1) as u32],
+                    [
+                        mm.n.div_ceil(64) as u32,
+                        mm.m.div_ceil(64) as u32,
+                        batch.max(1) as u32,
+                    ],
                 )
             } else {
-                ("matmul_naive", info, bufs, flat_groups(batch * mm.m * mm.n, 64))
+                (
+                    "matmul_naive",
+                    info,
+                    bufs,
+                    flat_groups(batch * mm.m * mm.n, 64),
+                )
             }
         }
         StepKind::Conv(cv) => {
@@ -426,7 +439,9 @@ pub fn read_dir(dir: &Path) -> Result<Compiled> {
     }
     let inside = |name: &str| -> Result<std::path::PathBuf> {
         let p = Path::new(name);
-        if p.components().count() != 1 || !matches!(p.components().next(), Some(std::path::Component::Normal(_))) {
+        if p.components().count() != 1
+            || !matches!(p.components().next(), Some(std::path::Component::Normal(_)))
+        {
             return Err(Error::bad_model(
                 &plan_path,
                 format!("file '{name}' is not a plain name inside the plan folder"),

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::BufId;
-use super::lower::{Activation, Lowerer, StepKind, Val, Data};
+use super::lower::{Activation, Data, Lowerer, StepKind, Val};
 use super::program::{Ins, Program, op};
 
 /// Fuses until nothing changes.

@@ -44,8 +44,15 @@ impl Storage {
 pub fn storage_of(dtype: i32) -> Option<Storage> {
     match dtype {
         code::FLOAT | code::FLOAT16 | code::BFLOAT16 => Some(Storage::F32),
-        code::INT64 | code::INT32 | code::INT16 | code::INT8 | code::UINT8 | code::UINT16
-        | code::UINT32 | code::UINT64 | code::BOOL => Some(Storage::I32),
+        code::INT64
+        | code::INT32
+        | code::INT16
+        | code::INT8
+        | code::UINT8
+        | code::UINT16
+        | code::UINT32
+        | code::UINT64
+        | code::BOOL => Some(Storage::I32),
         _ => None,
     }
 }
@@ -404,7 +411,13 @@ impl<'g> Lowerer<'g> {
         });
     }
 
-    pub fn raw(&mut self, kernel: &'static str, info: Vec<u32>, bufs: Vec<BufId>, groups: [u32; 3]) {
+    pub fn raw(
+        &mut self,
+        kernel: &'static str,
+        info: Vec<u32>,
+        bufs: Vec<BufId>,
+        groups: [u32; 3],
+    ) {
         self.push(StepKind::Raw {
             kernel,
             info,

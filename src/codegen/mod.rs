@@ -199,9 +199,10 @@ fn compile_once(
             })?,
         };
         if static_inputs.contains(&name) {
-            let t = opts.input_values.get(&name).ok_or_else(|| {
-                Error::Compile(format!("input '{name}' has no value to bind"))
-            })?;
+            let t = opts
+                .input_values
+                .get(&name)
+                .ok_or_else(|| Error::Compile(format!("input '{name}' has no value to bind")))?;
             spec.input_values
                 .insert(name.clone(), t.to_i64_vec().unwrap_or_default());
             spec.input_shapes.insert(name.clone(), shape.clone());
@@ -368,9 +369,17 @@ fn lower_node(lw: &mut Lowerer, opset: i64) -> lower::Res<()> {
                 return Err(lw.invalid("input must be 2-D"));
             }
             let k = lw.attr_i("k", 0);
-            let dtype = lw.cur().attr_int("dtype").map(|d| d as i32).unwrap_or(x.dtype);
+            let dtype = lw
+                .cur()
+                .attr_int("dtype")
+                .map(|d| d as i32)
+                .unwrap_or(x.dtype);
             let eye = ndarray::ArrayD::from_shape_fn(ndarray::IxDyn(&x.shape), |ix| {
-                if ix[1] as i64 - ix[0] as i64 == k { 1.0f32 } else { 0.0 }
+                if ix[1] as i64 - ix[0] as i64 == k {
+                    1.0f32
+                } else {
+                    0.0
+                }
             });
             let t = TensorValue::F32(eye)
                 .cast(dtype)
@@ -384,8 +393,15 @@ fn lower_node(lw: &mut Lowerer, opset: i64) -> lower::Res<()> {
             .iter()
             .map(|v| v.as_ref().and_then(|v| v.konst().map(|t| t.as_ref())))
             .collect();
-        let outs = crate::eval::eval_node(op, &node.domain, opset, &node.attrs, &refs, node.outputs.len())
-            .map_err(|e| lw.invalid(format!("evaluating at compile time: {e}")))?;
+        let outs = crate::eval::eval_node(
+            op,
+            &node.domain,
+            opset,
+            &node.attrs,
+            &refs,
+            node.outputs.len(),
+        )
+        .map_err(|e| lw.invalid(format!("evaluating at compile time: {e}")))?;
         for (slot, t) in outs.into_iter().enumerate() {
             let dtype = t.data_type();
             lw.set_out(

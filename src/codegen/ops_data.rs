@@ -44,7 +44,16 @@ impl Lowerer<'_> {
         if n == 0 {
             return;
         }
-        let mut info = vec![n as u32, dims.len() as u32, fill, 0, out_base as u32, 0, 0, 0];
+        let mut info = vec![
+            n as u32,
+            dims.len() as u32,
+            fill,
+            0,
+            out_base as u32,
+            0,
+            0,
+            0,
+        ];
         for d in dims {
             info.extend([
                 d.extent as u32,
@@ -62,10 +71,7 @@ impl Lowerer<'_> {
     /// The output as a view of the input's buffer with another shape.
     fn alias(&mut self, x: &Val, shape: Vec<usize>) -> Res<()> {
         if shape.iter().product::<usize>() != x.numel() {
-            return Err(self.invalid(format!(
-                "cannot view {:?} as {:?}",
-                x.shape, shape
-            )));
+            return Err(self.invalid(format!("cannot view {:?} as {:?}", x.shape, shape)));
         }
         let v = match &x.data {
             Data::Const(t) => {
@@ -238,15 +244,19 @@ impl Lowerer<'_> {
         let rank = x.shape.len();
         let (starts, ends, axes, steps) = if self.opset >= 10 {
             (
-                self.ints(1, "starts")?.ok_or_else(|| self.invalid("starts required"))?,
-                self.ints(2, "ends")?.ok_or_else(|| self.invalid("ends required"))?,
+                self.ints(1, "starts")?
+                    .ok_or_else(|| self.invalid("starts required"))?,
+                self.ints(2, "ends")?
+                    .ok_or_else(|| self.invalid("ends required"))?,
                 self.ints(3, "axes")?,
                 self.ints(4, "steps")?,
             )
         } else {
             (
-                self.attr_ints("starts").ok_or_else(|| self.invalid("starts required"))?,
-                self.attr_ints("ends").ok_or_else(|| self.invalid("ends required"))?,
+                self.attr_ints("starts")
+                    .ok_or_else(|| self.invalid("starts required"))?,
+                self.attr_ints("ends")
+                    .ok_or_else(|| self.invalid("ends required"))?,
                 self.attr_ints("axes"),
                 None,
             )
@@ -256,8 +266,7 @@ impl Lowerer<'_> {
             None => (0..starts.len()).collect(),
         };
         let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
-        if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len()
-        {
+        if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
             return Err(self.invalid("starts, ends, axes and steps differ in length"));
         }
         let is = contiguous(&x.shape);
@@ -371,7 +380,9 @@ impl Lowerer<'_> {
             other => return Err(self.unsupported(format!("mode '{other}'"))),
         };
         let (pads, value, axes) = if self.opset >= 11 {
-            let pads = self.ints(1, "pads")?.ok_or_else(|| self.invalid("pads required"))?;
+            let pads = self
+                .ints(1, "pads")?
+                .ok_or_else(|| self.invalid("pads required"))?;
             let value = self.konst(2, "constant value")?;
             let axes = self.ints(3, "axes")?;
             (pads, value, axes)
@@ -405,9 +416,7 @@ impl Lowerer<'_> {
         }
         let fill = match value {
             Some(t) if t.len() > 0 => {
-                let cast = t
-                    .cast(x.dtype)
-                    .map_err(|e| self.invalid(e.to_string()))?;
+                let cast = t.cast(x.dtype).map_err(|e| self.invalid(e.to_string()))?;
                 let w = super::lower::to_words(&cast).map_err(|m| self.unsupported(m))?;
                 u32::from_le_bytes([w[0], w[1], w[2], w[3]])
             }
@@ -441,8 +450,7 @@ impl Lowerer<'_> {
         let mut out_shape = first.shape.clone();
         out_shape[axis] = 0;
         for v in &ins {
-            if v.shape.len() != rank
-                || (0..rank).any(|d| d != axis && v.shape[d] != first.shape[d])
+            if v.shape.len() != rank || (0..rank).any(|d| d != axis && v.shape[d] != first.shape[d])
             {
                 return Err(self.invalid(format!(
                     "input shapes {:?} and {:?} do not concatenate on axis {axis}",
@@ -532,9 +540,17 @@ impl Lowerer<'_> {
             }
             let cc = c / (b * b);
             if self.attr_s("mode", "DCR") == "CRD" {
-                (vec![n, cc, b, b, h, w], vec![0, 1, 4, 2, 5, 3], vec![n, cc, h * b, w * b])
+                (
+                    vec![n, cc, b, b, h, w],
+                    vec![0, 1, 4, 2, 5, 3],
+                    vec![n, cc, h * b, w * b],
+                )
             } else {
-                (vec![n, b, b, cc, h, w], vec![0, 3, 4, 1, 5, 2], vec![n, cc, h * b, w * b])
+                (
+                    vec![n, b, b, cc, h, w],
+                    vec![0, 3, 4, 1, 5, 2],
+                    vec![n, cc, h * b, w * b],
+                )
             }
         } else {
             if h % b != 0 || w % b != 0 {
@@ -619,7 +635,12 @@ impl Lowerer<'_> {
         info.extend(contiguous(&data.shape).iter().map(|&d| d as u32));
         let db = self.buf(&data)?;
         let ib = self.buf(&idx)?;
-        self.raw("gather_elements", info, vec![out, db, ib], flat_groups(n, 64));
+        self.raw(
+            "gather_elements",
+            info,
+            vec![out, db, ib],
+            flat_groups(n, 64),
+        );
         Ok(())
     }
 

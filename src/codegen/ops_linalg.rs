@@ -371,7 +371,11 @@ impl Spatial {
         self.window_output(input, false)
     }
 
-    pub fn window_output(&mut self, input: &[usize], ceil_mode: bool) -> Result<Vec<usize>, String> {
+    pub fn window_output(
+        &mut self,
+        input: &[usize],
+        ceil_mode: bool,
+    ) -> Result<Vec<usize>, String> {
         let r = input.len();
         let mut out = Vec::with_capacity(r);
         for i in 0..r {
@@ -404,7 +408,11 @@ impl Spatial {
                         return Err("the window is larger than the padded input".into());
                     }
                     let span = padded - eff;
-                    let mut o = if ceil_mode { span.div_ceil(s) } else { span / s } + 1;
+                    let mut o = if ceil_mode {
+                        span.div_ceil(s)
+                    } else {
+                        span / s
+                    } + 1;
                     // a last window that starts in the end padding is dropped (ceil mode)
                     if ceil_mode && (o - 1) * s >= input[i] + self.pads[i] {
                         o -= 1;
@@ -462,4 +470,3 @@ impl Spatial {
         }
     }
 }
-

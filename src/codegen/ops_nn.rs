@@ -5,7 +5,9 @@ use std::rc::Rc;
 use crate::eval::TensorValue;
 use crate::ir::dtype::code;
 
-use super::lower::{Data, Lowerer, Res, Storage, StepKind, Val, flat_groups, row_groups, storage_of};
+use super::lower::{
+    Data, Lowerer, Res, StepKind, Storage, Val, flat_groups, row_groups, storage_of,
+};
 use super::program::{Builder, Operand, broadcast_strides, contiguous, op};
 
 impl Lowerer<'_> {
@@ -35,7 +37,11 @@ impl Lowerer<'_> {
         let out = self.out_buf(0, &x.shape, x.dtype)?;
         let all_const: Option<Vec<Vec<f32>>> = params
             .iter()
-            .map(|p| p.konst().and_then(|t| t.to_f32_array()).map(|a| a.iter().copied().collect()))
+            .map(|p| {
+                p.konst()
+                    .and_then(|t| t.to_f32_array())
+                    .map(|a| a.iter().copied().collect())
+            })
             .collect();
         let mut b = Builder::new(x.shape.clone(), out);
         let xs = self.load_val(&mut b, &x)?;
@@ -57,7 +63,11 @@ impl Lowerer<'_> {
         } else {
             // (x - mean) * scale / sqrt(var + eps) + bias, in two programs of at most four
             // tensors each
-            let mid = self.new_buf(4 * x.numel() as u64, super::lower::BufKind::Activation, "bn");
+            let mid = self.new_buf(
+                4 * x.numel() as u64,
+                super::lower::BufKind::Activation,
+                "bn",
+            );
             let mut first = Builder::new(x.shape.clone(), mid);
             let x1 = self.load_val(&mut first, &x)?;
             let m1 = self.load_val(&mut first, &reshaped[2])?;
@@ -125,7 +135,12 @@ impl Lowerer<'_> {
             Some(b) => self.buf(b)?,
             None => sb,
         };
-        let info = vec![rows as u32, len as u32, eps.to_bits(), bias.is_some() as u32];
+        let info = vec![
+            rows as u32,
+            len as u32,
+            eps.to_bits(),
+            bias.is_some() as u32,
+        ];
         self.raw("layernorm", info, vec![out, xb, sb, bb], row_groups(rows));
         Ok(())
     }
@@ -165,7 +180,11 @@ impl Lowerer<'_> {
             let axis = self.axis(self.attr_i("axis", -1), rank)?;
             let inner: usize = x.shape[axis + 1..].iter().product();
             let outer: usize = x.shape[..axis].iter().product();
-            (x.shape.get(axis).copied().unwrap_or(1), inner, outer * inner)
+            (
+                x.shape.get(axis).copied().unwrap_or(1),
+                inner,
+                outer * inner,
+            )
         } else {
             // before opset 13 the input is coerced to 2-D at `axis`
             let axis = self.axis(self.attr_i("axis", 1), rank.max(1))?;
@@ -367,7 +386,11 @@ impl Lowerer<'_> {
             None => (0..rank).collect(),
         };
         // inputs: X, roi, scales, sizes (opset >= 11); X, scales (opset 10)
-        let (scales_at, sizes_at) = if self.opset >= 11 { (2, 3) } else { (1, usize::MAX) };
+        let (scales_at, sizes_at) = if self.opset >= 11 {
+            (2, 3)
+        } else {
+            (1, usize::MAX)
+        };
         let scales: Option<Vec<f32>> = match self.konst(scales_at, "scales")? {
             Some(t) if t.len() > 0 => Some(
                 t.to_f32_array()

@@ -386,10 +386,7 @@ mod tests {
 
     #[test]
     fn broadcasting_strides_follow_numpy() {
-        assert_eq!(
-            broadcast_strides(&[3, 1], &[2, 3, 4]),
-            Some(vec![0, 1, 0])
-        );
+        assert_eq!(broadcast_strides(&[3, 1], &[2, 3, 4]), Some(vec![0, 1, 0]));
         assert_eq!(broadcast_strides(&[4], &[2, 3, 4]), Some(vec![0, 0, 1]));
         assert_eq!(broadcast_strides(&[2], &[2, 3]), None);
         assert_eq!(

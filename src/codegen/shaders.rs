@@ -2,12 +2,24 @@
 
 /// Every kernel: (name, source). The file is `shaders/<name>.wgsl`.
 pub const SHADERS: &[(&str, &str)] = &[
-    ("elementwise", include_str!("../../shaders/elementwise.wgsl")),
+    (
+        "elementwise",
+        include_str!("../../shaders/elementwise.wgsl"),
+    ),
     ("copy", include_str!("../../shaders/copy.wgsl")),
-    ("matmul_naive", include_str!("../../shaders/matmul_naive.wgsl")),
-    ("matmul_tiled", include_str!("../../shaders/matmul_tiled.wgsl")),
+    (
+        "matmul_naive",
+        include_str!("../../shaders/matmul_naive.wgsl"),
+    ),
+    (
+        "matmul_tiled",
+        include_str!("../../shaders/matmul_tiled.wgsl"),
+    ),
     ("conv2d", include_str!("../../shaders/conv2d.wgsl")),
-    ("conv_transpose2d", include_str!("../../shaders/conv_transpose2d.wgsl")),
+    (
+        "conv_transpose2d",
+        include_str!("../../shaders/conv_transpose2d.wgsl"),
+    ),
     ("pool2d", include_str!("../../shaders/pool2d.wgsl")),
     ("reduce", include_str!("../../shaders/reduce.wgsl")),
     ("layernorm", include_str!("../../shaders/layernorm.wgsl")),
@@ -15,7 +27,10 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("resize", include_str!("../../shaders/resize.wgsl")),
     ("cumsum", include_str!("../../shaders/cumsum.wgsl")),
     ("gather", include_str!("../../shaders/gather.wgsl")),
-    ("gather_elements", include_str!("../../shaders/gather_elements.wgsl")),
+    (
+        "gather_elements",
+        include_str!("../../shaders/gather_elements.wgsl"),
+    ),
     ("gather_nd", include_str!("../../shaders/gather_nd.wgsl")),
     ("scatter_nd", include_str!("../../shaders/scatter_nd.wgsl")),
 ];

@@ -28,7 +28,8 @@ impl Gpu {
     /// Opens the first adapter wgpu offers (high-performance preference), with the adapter's own
     /// limits so large models fit.
     pub fn new() -> Result<Gpu> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance =
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
             ..Default::default()
@@ -68,7 +69,10 @@ impl Gpu {
 
     /// Fails with the first error wgpu reported since the last check.
     pub fn check(&self, during: &str) -> Result<()> {
-        let mut v = self.errors.lock().map_err(|_| Error::Gpu("error log poisoned".into()))?;
+        let mut v = self
+            .errors
+            .lock()
+            .map_err(|_| Error::Gpu("error log poisoned".into()))?;
         if let Some(first) = v.first().cloned() {
             v.clear();
             return Err(Error::Gpu(format!("{during}: {first}")));
@@ -266,7 +270,8 @@ impl Executable {
             }
             let bytes = to_storage(t, port)?;
             if !bytes.is_empty() {
-                gpu.queue.write_buffer(&self.buffers[port.buffer], 0, &bytes);
+                gpu.queue
+                    .write_buffer(&self.buffers[port.buffer], 0, &bytes);
             }
         }
         Ok(())
@@ -344,7 +349,11 @@ impl Executable {
     }
 
     /// Writes inputs, runs and reads outputs.
-    pub fn run(&self, gpu: &Gpu, inputs: &[(String, TensorValue)]) -> Result<Vec<(String, TensorValue)>> {
+    pub fn run(
+        &self,
+        gpu: &Gpu,
+        inputs: &[(String, TensorValue)],
+    ) -> Result<Vec<(String, TensorValue)>> {
         self.write_inputs(gpu, inputs)?;
         self.dispatch(gpu)?;
         self.read_outputs(gpu)
@@ -381,7 +390,8 @@ fn from_storage(words: &[u8], port: &Port) -> Result<TensorValue> {
         return if to == code::FLOAT {
             Ok(t)
         } else {
-            t.cast(to).map_err(|e| Error::Gpu(format!("output '{}': {e}", port.name)))
+            t.cast(to)
+                .map_err(|e| Error::Gpu(format!("output '{}': {e}", port.name)))
         };
     }
     let v: Vec<i32> = words
