@@ -105,8 +105,25 @@ fn pymod_i(a: i32, b: i32) -> i32 {
     return r;
 }
 
+// NaN and infinity tests on the bits, which fast-math compilers cannot fold away
+fn is_nan(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u;
+}
+
+fn is_inf(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7fffffffu) == 0x7f800000u;
+}
+
+// C fmod: the sign of the dividend; x mod ±inf is x for finite x
+fn fmod_f(a: f32, b: f32) -> f32 {
+    if (is_inf(b) && !is_inf(a) && !is_nan(a)) {
+        return a;
+    }
+    return a - trunc(a / b) * b;
+}
+
 fn pymod_f(a: f32, b: f32) -> f32 {
-    var r = a - trunc(a / b) * b;
+    var r = fmod_f(a, b);
     if (r != 0.0 && ((r < 0.0) != (b < 0.0))) { r = r + b; }
     return r;
 }
@@ -164,9 +181,9 @@ fn binary_f(op: u32, x: f32, y: f32) -> f32 {
         case 52u: { return x * y; }
         case 53u: { return x / y; }
         case 54u: { return fpow(x, y); }
-        case 55u: { if (x != x || y != y) { return nan(); } return min(x, y); }
-        case 56u: { if (x != x || y != y) { return nan(); } return max(x, y); }
-        case 57u: { return x - trunc(x / y) * y; }
+        case 55u: { if (is_nan(x) || is_nan(y)) { return nan(); } return min(x, y); }
+        case 56u: { if (is_nan(x) || is_nan(y)) { return nan(); } return max(x, y); }
+        case 57u: { return fmod_f(x, y); }
         case 58u: { return pymod_f(x, y); }
         default: { return nan(); }
     }
@@ -211,9 +228,9 @@ fn execute(op: u32, a: u32, b: u32, c: u32) -> u32 {
     if (op >= 10u && op < 50u) {
         let x = bitcast<f32>(a);
         switch op {
-            case 38u: { return b2u(x != x); }
-            case 39u: { return b2u(x == inf()); }
-            case 40u: { return b2u(x == -inf()); }
+            case 38u: { return b2u(is_nan(x)); }
+            case 39u: { return b2u(a == 0x7f800000u); }
+            case 40u: { return b2u(a == 0xff800000u); }
             default: { return bitcast<u32>(unary_f(op, x)); }
         }
     }
@@ -237,8 +254,16 @@ fn execute(op: u32, a: u32, b: u32, c: u32) -> u32 {
         case 95u: { return a | b; }
         case 96u: { return a ^ b; }
         case 97u: { return ~a; }
-        case 98u: { return a << (b & 31u); }
-        case 99u: { return a >> (b & 31u); }
+        case 98u: {
+            if (j < 0 || j >= 32) { return 0u; }
+            return a << u32(j);
+        }
+        case 99u: {
+            // arithmetic: narrow signed types are held sign-extended, unsigned ones as
+            // non-negative i32, so one rule serves both; shifting by the width or more fills
+            if (j < 0 || j >= 32) { return select(0u, 0xffffffffu, i < 0); }
+            return bitcast<u32>(i >> u32(j));
+        }
         case 100u: { return bitcast<u32>(i32(bitcast<f32>(a))); }
         case 101u: { return bitcast<u32>(f32(i)); }
         case 102u: { return b2u(bitcast<f32>(a) != 0.0); }
@@ -246,7 +271,7 @@ fn execute(op: u32, a: u32, b: u32, c: u32) -> u32 {
         case 104u: { return bitcast<u32>(unpack2x16float(pack2x16float(vec2<f32>(bitcast<f32>(a), 0.0))).x); }
         case 105u: {
             // round to nearest even at bfloat16 precision (NaN kept)
-            if (bitcast<f32>(a) != bitcast<f32>(a)) { return a; }
+            if (is_nan(bitcast<f32>(a))) { return a; }
             return (a + 0x7fffu + ((a >> 16u) & 1u)) & 0xffff0000u;
         }
         case 106u: { return a & 0xffu; }

@@ -24,8 +24,10 @@ fn source_coordinate(o: f32, in_len: f32, out_len: f32, scale: f32) -> f32 {
     switch word(3u) {
         case 1u: { return o / scale; }
         case 2u: {
-            if (out_len <= 1.0) { return 0.0; }
-            return o * (in_len - 1.0) / (out_len - 1.0);
+            // the resized length before rounding, as ONNX uses it
+            let resized = in_len * scale;
+            if (resized <= 1.0) { return 0.0; }
+            return o * (in_len - 1.0) / (resized - 1.0);
         }
         case 3u: {
             if (out_len <= 1.0) { return 0.0; }

@@ -13,10 +13,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+mod common;
+
+use common::node_tests::{data_dir, read_tensor};
 use graft::eval::{TensorValue, is_supported, run_graph};
-use onnx_protobuf::{ModelProto, TensorProto};
+use onnx_protobuf::ModelProto;
 use protobuf::Message;
 
 /// Tests that use a feature the evaluator deliberately does not implement: a substring of the
@@ -52,111 +54,6 @@ const KNOWN_GAPS: &[(&[&str], &str)] = &[
         "training-mode Dropout with a nonzero ratio is random",
     ),
 ];
-
-/// Writes the node test cases of the installed `onnx` package to argv[1].
-const GEN_SCRIPT: &str = r#"
-import os, sys, warnings
-warnings.filterwarnings("ignore")
-import onnx
-from onnx import numpy_helper, TensorProto
-from onnx.backend.test.loader import load_node_model_tests
-out = sys.argv[1]
-os.makedirs(out, exist_ok=True)
-n = 0
-for case in load_node_model_tests():
-    d = os.path.join(out, case.name)
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "model.onnx"), "wb") as f:
-        f.write(case.model.SerializeToString())
-    for i, (inputs, outputs) in enumerate(case.data_sets or []):
-        ds = os.path.join(d, f"test_data_set_{i}")
-        os.makedirs(ds, exist_ok=True)
-        for kind, vals, infos in (("input", inputs, case.model.graph.input), ("output", outputs, case.model.graph.output)):
-            for j, v in enumerate(vals):
-                if isinstance(v, TensorProto):
-                    data = v.SerializeToString()
-                elif j < len(infos) and infos[j].type.HasField("tensor_type"):
-                    data = numpy_helper.from_array(v, infos[j].name).SerializeToString()
-                else:
-                    continue
-                with open(os.path.join(ds, f"{kind}_{j}.pb"), "wb") as f:
-                    f.write(data)
-    n += 1
-with open(os.path.join(out, "STAMP"), "w") as f:
-    f.write(f"{onnx.__version__} {n}\n")
-print(n)
-"#;
-
-fn python() -> PathBuf {
-    match std::env::var_os("GRAFT_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"),
-    }
-}
-
-fn py(python: &Path, args: &[&str]) -> Result<String, String> {
-    let out = Command::new(python)
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} failed: {}",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Finds (or generates) the node test directory; `Err` when no Python/onnx is available.
-fn data_dir() -> Result<PathBuf, String> {
-    if let Some(d) = std::env::var_os("GRAFT_ONNX_NODE_TESTS") {
-        let d = PathBuf::from(d);
-        if !d.is_dir() {
-            return Err(format!(
-                "GRAFT_ONNX_NODE_TESTS={} is not a directory",
-                d.display()
-            ));
-        }
-        return Ok(d);
-    }
-    let python = python();
-    if !python.exists() {
-        return Err(format!("no python at {}", python.display()));
-    }
-    let info = py(
-        &python,
-        &[
-            "-c",
-            "import onnx,os;d=os.path.join(os.path.dirname(onnx.__file__),'backend','test','data','node');\
-             print(onnx.__version__);print(d if os.path.isdir(d) and os.listdir(d) else '')",
-        ],
-    )?;
-    let mut lines = info.lines();
-    let version = lines.next().unwrap_or("unknown").trim().to_string();
-    if let Some(shipped) = lines.next().map(str::trim).filter(|s| !s.is_empty()) {
-        return Ok(PathBuf::from(shipped));
-    }
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("onnx_node_tests_{version}"));
-    if !dir.join("STAMP").exists() {
-        let tmp = dir.with_extension("partial");
-        let _ = std::fs::remove_dir_all(&tmp);
-        py(
-            &python,
-            &["-c", GEN_SCRIPT, tmp.to_str().ok_or("non-UTF-8 path")?],
-        )?;
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir).map_err(|e| format!("rename: {e}"))?;
-    }
-    Ok(dir)
-}
-
-fn read_tensor(p: &Path) -> Result<TensorValue, String> {
-    let bytes = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
-    let t = TensorProto::parse_from_bytes(&bytes).map_err(|e| format!("{}: {e}", p.display()))?;
-    TensorValue::from_proto(&t).map_err(|e| format!("{}: {e}", p.display()))
-}
 
 fn compare(name: &str, got: &TensorValue, want: &TensorValue) -> Result<(), String> {
     if got.data_type() != want.data_type() {

@@ -85,12 +85,18 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     };
     let inputs = if plan_dir {
         let c = graft::codegen::read_dir(&a.target)?;
-        let names: Vec<(String, i32)> = c
+        let mut names: Vec<(String, i32)> = c
             .plan
             .inputs
             .iter()
             .map(|p| (p.name.clone(), graft::runtime::dtype_code(&p.dtype)))
             .collect();
+        // inputs whose values the plan is specialised on are given too
+        for name in c.plan.specialised_for.input_values.keys() {
+            if !names.iter().any(|(n, _)| n == name) {
+                names.push((name.clone(), graft::ir::dtype::code::INT64));
+            }
+        }
         gather_inputs(&a, &names)?
     } else {
         let model = super::compile::load(&a.target, false)?;

@@ -102,8 +102,10 @@ pub fn emit(
             continue;
         }
         if first[i] == usize::MAX {
-            // never written or read by a dispatch (an empty tensor): its own buffer
-            starts[nsteps].push(i);
+            // never written or read by a dispatch: fused away (no buffer), or an empty output
+            if out_bufs.contains(&BufId(i)) {
+                starts[nsteps].push(i);
+            }
             continue;
         }
         starts[first[i]].push(i);

@@ -188,7 +188,11 @@ fn compile_once(
                 Some(onnx_protobuf::type_proto::Value::TensorType(tt)) => Some(tt.elem_type),
                 _ => None,
             })
-            .ok_or_else(|| Error::Compile(format!("input '{name}' is not a tensor")))?;
+            .ok_or_else(|| {
+                Error::Compile(format!(
+                    "input '{name}' is not a tensor: not supported by the WGSL backend"
+                ))
+            })?;
         let shape = match given_shape {
             Some(s) => s.clone(),
             None => declared_shape(&port.info).map_err(|d| {
@@ -218,7 +222,7 @@ fn compile_once(
         }
         if lower::storage_of(dtype).is_none() {
             return Err(Error::Compile(format!(
-                "input '{name}' has element type {}, which has no GPU storage",
+                "input '{name}' has element type {}, which has no GPU storage: not supported by the WGSL backend",
                 crate::ir::dtype::name(dtype)
             ))
             .into());
@@ -362,6 +366,17 @@ fn lower_node(lw: &mut Lowerer, opset: i64) -> lower::Res<()> {
         "Size" => {
             let x = lw.req(0)?;
             return set_const(lw, TensorValue::scalar_i64(x.numel() as i64));
+        }
+        "CastLike" if present.first().is_some_and(|v| v.as_ref().is_some_and(|v| v.konst().is_some())) => {
+            // only the second input's type matters, so a constant first input casts now
+            let x = lw.req(0)?;
+            let to = lw.req(1)?.dtype;
+            let t = x
+                .konst()
+                .expect("checked constant")
+                .cast(to)
+                .map_err(|e| lw.invalid(e.to_string()))?;
+            return set_const(lw, t);
         }
         "EyeLike" => {
             let x = lw.req(0)?;

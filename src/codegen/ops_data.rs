@@ -99,6 +99,16 @@ impl Lowerer<'_> {
         let rank = x.shape.len();
         let shape: Vec<usize> = match op_type {
             "Identity" | "Dropout" => {
+                if op_type == "Dropout"
+                    && let Some(t) = self.konst(2, "training_mode")?
+                    && t
+                        .cast(code::INT64)
+                        .ok()
+                        .and_then(|t| t.to_i64_vec())
+                        .is_some_and(|v| v.iter().any(|&x| x != 0))
+                {
+                    return Err(self.unsupported("training-mode Dropout (random)"));
+                }
                 if op_type == "Dropout" && self.cur().outputs.get(1).copied().flatten().is_some() {
                     // inference: the mask is all true
                     let mask = TensorValue::Bool(ndarray::ArrayD::from_elem(
@@ -556,9 +566,14 @@ impl Lowerer<'_> {
             if h % b != 0 || w % b != 0 {
                 return Err(self.invalid("height and width are not divisible by blocksize"));
             }
+            let perm = if self.attr_s("mode", "DCR") == "CRD" {
+                vec![0, 1, 3, 5, 2, 4]
+            } else {
+                vec![0, 3, 5, 1, 2, 4]
+            };
             (
                 vec![n, c, h / b, b, w / b, b],
-                vec![0, 3, 5, 1, 2, 4],
+                perm,
                 vec![n, c * b * b, h / b, w / b],
             )
         };

@@ -88,7 +88,9 @@ impl Lowerer<'_> {
     pub fn lower_elementwise(&mut self, op_type: &str) -> Res<()> {
         let node = self.cur();
         let mut ins: Vec<Val> = Vec::new();
-        for i in 0..node.inputs.len() {
+        // CastLike's second input only names the type
+        let count = if op_type == "CastLike" { 1 } else { node.inputs.len() };
+        for i in 0..count {
             match self.opt(i)? {
                 Some(v) => ins.push(v),
                 None if op_type == "Clip" => ins.push(Val {
@@ -173,7 +175,7 @@ impl Lowerer<'_> {
                 }
                 to
             }
-            "CastLike" => ins[1].dtype,
+            "CastLike" => self.req(1)?.dtype,
             "Where" => ins[1].dtype,
             _ => ins[0].dtype,
         })
@@ -268,6 +270,13 @@ impl Lowerer<'_> {
                     // a single-input Max/Min/Sum/Mean is its input
                     b.op(op::MOV, &[x.reg])
                 } else {
+                    if op_type == "Pow" && !f && arg(1)?.float {
+                        // an integer base with a float exponent: computed in f32, truncated
+                        let xf = b.op(op::I2F, &[x.reg]);
+                        let p = b.op(op::POW, &[xf, arg(1)?.reg]);
+                        let r = b.op(op::F2I, &[p]);
+                        return Ok(self.wrap_int(b, r, out_dtype));
+                    }
                     let mut acc = x.reg;
                     let code = self.binary_code(op_type, f)?;
                     for i in 1..regs.len() {

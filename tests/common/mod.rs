@@ -1,6 +1,8 @@
 //! Shared helpers for graft's integration tests: the binary, the Python oracle, the corpus.
 #![allow(dead_code)]
 
+pub mod node_tests;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -207,4 +209,46 @@ pub fn run_graft_with_report(args: &[String], out: &Path) -> (Output, Option<ser
         .ok()
         .map(|t| serde_json::from_str(&t).expect("report is JSON"));
     (o, r)
+}
+
+/// A GPU for tests: `None` (after saying so loudly) when there is no adapter, except under CI,
+/// where a missing adapter fails the test.
+pub fn gpu(test: &str) -> Option<graft::runtime::Gpu> {
+    // SAFETY-free environment tweak: wgpu's Vulkan loader warns without it
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // tests run single-process per binary; setting it before any thread reads it is fine
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
+    match graft::runtime::Gpu::new() {
+        Ok(g) => Some(g),
+        Err(e) if in_ci() => panic!("{test}: no GPU adapter under CI: {e}"),
+        Err(e) => {
+            eprintln!("SKIPPED {test}: no GPU adapter ({e})");
+            println!("SKIPPED {test}: no GPU adapter ({e})");
+            None
+        }
+    }
+}
+
+/// Compiles a model for the given inputs (shapes and, where needed, values) and runs it.
+pub fn run_on_gpu(
+    gpu: &graft::runtime::Gpu,
+    model: &graft::ir::Model,
+    inputs: &[(String, graft::eval::TensorValue)],
+    opts: graft::codegen::CompileOptions,
+) -> graft::Result<Vec<(String, graft::eval::TensorValue)>> {
+    let mut opts = opts;
+    for (n, t) in inputs {
+        opts.input_shapes.insert(n.clone(), t.shape().to_vec());
+        opts.input_values.insert(n.clone(), t.clone());
+    }
+    let c = graft::codegen::compile(model, &opts)?;
+    let shaders = c.shaders.clone();
+    let exe = graft::runtime::Executable::new(gpu, &c.plan, &c.weights, &|name: &str| {
+        shaders
+            .get(name)
+            .cloned()
+            .ok_or_else(|| graft::Error::Gpu(format!("missing kernel {name}")))
+    })?;
+    exe.run(gpu, inputs)
 }
