@@ -59,6 +59,57 @@ fn passes_md_is_in_sync() {
 }
 
 #[test]
+fn ops_md_is_in_sync() {
+    let want = graft::codegen::ops_markdown();
+    let path = repo().join("docs/ops.md");
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    if have == want {
+        return;
+    }
+    if std::env::var("UPDATE_EXPECT").is_ok_and(|v| v == "1") && !in_ci() {
+        std::fs::write(&path, want).unwrap();
+        return;
+    }
+    panic!("docs/ops.md is out of date: run UPDATE_EXPECT=1 cargo test --test docs");
+}
+
+#[test]
+fn plan_format_doc_names_every_field_of_a_real_plan() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("plan");
+    let model = repo().join("models/cnn_base/unmerged.ts.onnx");
+    let o = common::run_graft(&[
+        "compile",
+        model.to_str().unwrap(),
+        "--emit-wgsl",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("plan.json")).unwrap()).unwrap();
+    let doc = std::fs::read_to_string(repo().join("docs/plan-format.md")).unwrap();
+    let mut keys = std::collections::BTreeSet::new();
+    fn walk(v: &serde_json::Value, keys: &mut std::collections::BTreeSet<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, x) in m {
+                    keys.insert(k.clone());
+                    walk(x, keys);
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, keys)),
+            _ => {}
+        }
+    }
+    walk(&plan, &mut keys);
+    let missing: Vec<&String> = keys
+        .iter()
+        .filter(|k| !doc.contains(&format!("`{k}`")))
+        .collect();
+    assert!(missing.is_empty(), "docs/plan-format.md does not name {missing:?}");
+}
+
+#[test]
 fn every_subcommand_has_help_with_an_example() {
     for sub in [
         "inspect", "print", "convert", "opt", "fold", "verify", "insert", "apply", "extract",

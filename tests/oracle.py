@@ -11,6 +11,7 @@ Usage (each prints one JSON object on stdout):
   oracle.py compare-npz MODEL INPUTS EXPECTED [--rtol R]
                                           run MODEL in ONNX Runtime on INPUTS (npz) and compare each
                                           output with the array of that name in EXPECTED (npz)
+                                          (EXPECTED may be a folder of <output>.npy files)
   oracle.py compare-npz --many JOBS.json  the same for each {"model","inputs","expected","rtol"} in a
                                           JSON list; answers a list in the same order
 """
@@ -225,6 +226,12 @@ def edge_cases(d):
     return {"made": made}
 
 
+class _Files(dict):
+    @property
+    def files(self):
+        return list(self.keys())
+
+
 def compare_npz(model, inputs, expected, rtol=1e-4):
     """Runs `model` on the arrays of `inputs` and compares every output with `expected[name]`
     (relative Frobenius error <= rtol). An output missing from `expected`, or an expected array
@@ -240,8 +247,19 @@ def compare_npz(model, inputs, expected, rtol=1e-4):
     if missing:
         return {"ok": False, "error": f"inputs missing from {inputs}: {missing}"}
     feeds = {i.name: data[i.name] for i in sess.get_inputs()}
-    want = np.load(expected)
     names = [o.name for o in sess.get_outputs()]
+    if os.path.isdir(expected):
+        # a folder of <output name>.npy files, names sanitised as `graft run --output-dir` does
+        def file_of(n):
+            return "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in n)
+        want = {}
+        for n in names:
+            p = os.path.join(expected, file_of(n) + ".npy")
+            if os.path.exists(p):
+                want[n] = np.load(p)
+        want = _Files(want)
+    else:
+        want = np.load(expected)
     if sorted(names) != sorted(want.files):
         return {"ok": False, "error": f"outputs {names} vs expected {sorted(want.files)}"}
     ok = True

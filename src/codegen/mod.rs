@@ -14,6 +14,7 @@ mod emit;
 mod fuse;
 mod lower;
 mod ops_data;
+mod ops_doc;
 mod ops_ew;
 mod ops_linalg;
 mod ops_nn;
@@ -30,6 +31,7 @@ use crate::{Error, Result};
 
 pub use emit::{Compiled, read_dir, write_dir};
 pub use lower::to_words;
+pub use ops_doc::ops_markdown;
 use lower::{Data, Fail, Lowerer, Val};
 
 /// A logical buffer during lowering.
