@@ -11,4 +11,6 @@ if ! "$VENV/bin/python" -c "import onnx, onnxruntime, numpy" 2>/dev/null; then
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r scripts/oracle-requirements.txt
 fi
 export GRAFT_PYTHON="$VENV/bin/python"
+# wgpu's Vulkan loader warns without it
+export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 exec cargo test --locked --no-fail-fast "$@"

@@ -106,7 +106,10 @@ fn plan_format_doc_names_every_field_of_a_real_plan() {
         .iter()
         .filter(|k| !doc.contains(&format!("`{k}`")))
         .collect();
-    assert!(missing.is_empty(), "docs/plan-format.md does not name {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "docs/plan-format.md does not name {missing:?}"
+    );
 }
 
 #[test]

@@ -60,7 +60,9 @@ fn close(name: &str, got: &TensorValue, want: &TensorValue) -> Result<(), String
             (x - y).abs() <= 1e-5 + rtol * y.abs()
         };
         if !ok {
-            return Err(format!("output '{name}': element {i}: got {x}, expected {y}"));
+            return Err(format!(
+                "output '{name}': element {i}: got {x}, expected {y}"
+            ));
         }
     }
     Ok(())
@@ -89,7 +91,11 @@ fn run_case(gpu: &graft::runtime::Gpu, dir: &Path, claimed: &[&str]) -> Outcome 
         .filter(|p| g.value(p.value).initializer.is_none())
         .map(|p| g.value(p.value).name.clone())
         .collect();
-    let out_names: Vec<String> = g.outputs.iter().map(|p| g.value(p.value).name.clone()).collect();
+    let out_names: Vec<String> = g
+        .outputs
+        .iter()
+        .map(|p| g.value(p.value).name.clone())
+        .collect();
     for set in sets {
         let mut inputs = Vec::new();
         for (j, name) in in_names.iter().enumerate() {
@@ -105,7 +111,8 @@ fn run_case(gpu: &graft::runtime::Gpu, dir: &Path, claimed: &[&str]) -> Outcome 
         let got = match common::run_on_gpu(gpu, &model, &inputs, CompileOptions::default()) {
             Ok(g) => g,
             Err(graft::Error::Compile(m))
-                if m.contains("not supported by the WGSL backend") || m.contains("no GPU storage") =>
+                if m.contains("not supported by the WGSL backend")
+                    || m.contains("no GPU storage") =>
             {
                 return Outcome::Unsupported(m);
             }
@@ -149,7 +156,11 @@ fn onnx_node_tests_on_wgpu() {
     };
     let filter = std::env::var("GRAFT_CONFORMANCE_FILTER").unwrap_or_default();
     let names = test_names(&dir, &filter);
-    assert!(!names.is_empty(), "no node tests found in {}", dir.display());
+    assert!(
+        !names.is_empty(),
+        "no node tests found in {}",
+        dir.display()
+    );
     let mut claimed = kernel_ops();
     claimed.extend(COMPILE_TIME_OPS);
     let gap_of = |name: &str| {
@@ -199,9 +210,20 @@ fn onnx_node_tests_on_wgpu() {
         .filter(|(i, _)| filter.is_empty() && gap_hits[*i] == 0 && gap_passes[*i] > 0)
         .map(|(_, (_, why))| *why)
         .collect();
-    assert!(failures.is_empty(), "{} node tests failed:\n{}", failures.len(), failures.join("\n"));
-    assert!(stale.is_empty(), "KNOWN_GAPS entries whose tests all pass: {stale:?}");
+    assert!(
+        failures.is_empty(),
+        "{} node tests failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert!(
+        stale.is_empty(),
+        "KNOWN_GAPS entries whose tests all pass: {stale:?}"
+    );
     if filter.is_empty() {
-        assert!(passed >= 950, "only {passed} node tests passed (998 when written)");
+        assert!(
+            passed >= 950,
+            "only {passed} node tests passed (998 when written)"
+        );
     }
 }

@@ -23,7 +23,11 @@ fn id_of(model: &Path) -> String {
 
 /// Runs `graft run` for each case on two threads; returns (model, output dir) per success and
 /// the failures.
-fn run_all(cases: &[(PathBuf, PathBuf)], out: &Path, extra: &[&str]) -> (Vec<(PathBuf, PathBuf, PathBuf)>, Vec<String>) {
+fn run_all(
+    cases: &[(PathBuf, PathBuf)],
+    out: &Path,
+    extra: &[&str],
+) -> (Vec<(PathBuf, PathBuf, PathBuf)>, Vec<String>) {
     let jobs: Vec<_> = cases.to_vec();
     let chunks: Vec<Vec<(PathBuf, PathBuf)>> = jobs
         .chunks(jobs.len().div_ceil(2).max(1))
@@ -65,7 +69,10 @@ fn run_all(cases: &[(PathBuf, PathBuf)], out: &Path, extra: &[&str]) -> (Vec<(Pa
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("thread")).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
     });
     let mut ok = Vec::new();
     let mut bad = Vec::new();
@@ -79,9 +86,7 @@ fn run_all(cases: &[(PathBuf, PathBuf)], out: &Path, extra: &[&str]) -> (Vec<(Pa
 fn check_against_ort(py: &Path, runs: &[(PathBuf, PathBuf, PathBuf)], label: &str) -> Vec<String> {
     let jobs: Vec<serde_json::Value> = runs
         .iter()
-        .map(|(m, i, d)| {
-            serde_json::json!({"model": m, "inputs": i, "expected": d, "rtol": 1e-4})
-        })
+        .map(|(m, i, d)| serde_json::json!({"model": m, "inputs": i, "expected": d, "rtol": 1e-4}))
         .collect();
     let answers = oracle_batch(py, &["compare-npz", "--many"], &jobs);
     runs.iter()
@@ -100,12 +105,19 @@ fn corpus_on_wgpu_matches_onnx_runtime() {
         return;
     };
     let cases = cases();
-    assert!(cases.len() >= 50, "only {} corpus models with inputs", cases.len());
+    assert!(
+        cases.len() >= 50,
+        "only {} corpus models with inputs",
+        cases.len()
+    );
     let tmp = tempfile::tempdir().unwrap();
     let (plain, mut failures) = run_all(&cases, &tmp.path().join("plain"), &[]);
     let unmerged: Vec<(PathBuf, PathBuf)> = cases
         .iter()
-        .filter(|(m, _)| m.file_name().is_some_and(|n| n.to_string_lossy().starts_with("unmerged")))
+        .filter(|(m, _)| {
+            m.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("unmerged"))
+        })
         .cloned()
         .collect();
     assert!(!unmerged.is_empty());
@@ -140,7 +152,10 @@ fn every_emitted_kernel_validates_with_naga() {
             args.push("--input-shape".into());
             args.push(format!(
                 "{n}={}",
-                s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+                s.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
             ));
         }
         let o = graft().args(&args).output().unwrap();
@@ -157,7 +172,12 @@ fn every_emitted_kernel_validates_with_naga() {
         }
         for (i, d) in plan.dispatches.iter().enumerate() {
             let k = &plan.kernels[d.kernel];
-            assert_eq!(d.buffers.len() + 1, k.bindings.len(), "dispatch {i} of {}", model.display());
+            assert_eq!(
+                d.buffers.len() + 1,
+                k.bindings.len(),
+                "dispatch {i} of {}",
+                model.display()
+            );
             assert!(d.info.len() <= plan.info_words as usize);
             assert!(d.workgroups.iter().all(|&w| w <= 65535));
         }

@@ -420,6 +420,7 @@ fn compile_cached(
         && let Ok(c) = graft::codegen::read_dir(d)
         && mismatch(&c.plan.specialised_for, inputs).is_none()
     {
+        eprintln!("note: using the cached plan {}", d.display());
         return Ok(c);
     }
     let model = super::compile::load(model_path, a.lowering.fold)?;

@@ -31,8 +31,8 @@ use crate::{Error, Result};
 
 pub use emit::{Compiled, read_dir, write_dir};
 pub use lower::to_words;
-pub use ops_doc::ops_markdown;
 use lower::{Data, Fail, Lowerer, Val};
+pub use ops_doc::ops_markdown;
 
 /// A logical buffer during lowering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -369,7 +369,11 @@ fn lower_node(lw: &mut Lowerer, opset: i64) -> lower::Res<()> {
             let x = lw.req(0)?;
             return set_const(lw, TensorValue::scalar_i64(x.numel() as i64));
         }
-        "CastLike" if present.first().is_some_and(|v| v.as_ref().is_some_and(|v| v.konst().is_some())) => {
+        "CastLike"
+            if present
+                .first()
+                .is_some_and(|v| v.as_ref().is_some_and(|v| v.konst().is_some())) =>
+        {
             // only the second input's type matters, so a constant first input casts now
             let x = lw.req(0)?;
             let to = lw.req(1)?.dtype;

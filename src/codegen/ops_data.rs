@@ -101,8 +101,7 @@ impl Lowerer<'_> {
             "Identity" | "Dropout" => {
                 if op_type == "Dropout"
                     && let Some(t) = self.konst(2, "training_mode")?
-                    && t
-                        .cast(code::INT64)
+                    && t.cast(code::INT64)
                         .ok()
                         .and_then(|t| t.to_i64_vec())
                         .is_some_and(|v| v.iter().any(|&x| x != 0))

@@ -6,11 +6,15 @@ use super::{COMPILE_TIME_OPS, kernel_ops, ops_ew};
 fn support(op: &str) -> (&'static str, &'static str) {
     if ops_ew::OPS.contains(&op) {
         let limits = match op {
-            "Cast" | "CastLike" => "to and from every type with GPU storage; float16/bfloat16 results are rounded to their precision",
+            "Cast" | "CastLike" => {
+                "to and from every type with GPU storage; float16/bfloat16 results are rounded to their precision"
+            }
             "Pow" => "integer bases with float exponents are computed in f32 and truncated",
             "BitShift" => "shift amounts outside [0, 32) give 0 (left) or the sign fill (right)",
             "Mod" => "fmod=0 follows Python (sign of the divisor), fmod=1 follows C",
-            "Max" | "Min" | "Sum" | "Mean" => "at most four tensor inputs per node (scalars do not count)",
+            "Max" | "Min" | "Sum" | "Mean" => {
+                "at most four tensor inputs per node (scalars do not count)"
+            }
             "Erf" | "Gelu" => "erf by Abramowitz-Stegun 7.1.26 (absolute error below 1.5e-7)",
             _ => "",
         };
@@ -24,29 +28,61 @@ fn support(op: &str) -> (&'static str, &'static str) {
         );
     }
     match op {
-        "MatMul" => ("matmul_tiled / matmul_naive", "float only; batch dimensions broadcast; 1-D operands promoted"),
-        "Gemm" => ("matmul_tiled / matmul_naive", "beta other than 1 needs a constant C"),
+        "MatMul" => (
+            "matmul_tiled / matmul_naive",
+            "float only; batch dimensions broadcast; 1-D operands promoted",
+        ),
+        "Gemm" => (
+            "matmul_tiled / matmul_naive",
+            "beta other than 1 needs a constant C",
+        ),
         "Conv" => ("conv2d", "1-D and 2-D; float only"),
         "ConvTranspose" => ("conv_transpose2d", "1-D and 2-D; float only"),
         "BatchNormalization" => ("elementwise", "inference only (one output)"),
-        "LayerNormalization" => ("layernorm", "the Mean and InvStdDev outputs are not produced"),
+        "LayerNormalization" => (
+            "layernorm",
+            "the Mean and InvStdDev outputs are not produced",
+        ),
         "Softmax" | "LogSoftmax" => ("softmax", "float only"),
         "ArgMax" | "ArgMin" => ("reduce", "float input"),
         "MaxPool" => ("pool2d", "1-D and 2-D; the Indices output is not produced"),
         "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => ("pool2d", "1-D and 2-D"),
-        "Resize" => ("resize", "nearest and linear (any rank); cubic, antialias, tf_crop_and_resize and keep_aspect_ratio_policy other than stretch are refused"),
+        "Resize" => (
+            "resize",
+            "nearest and linear (any rank); cubic, antialias, tf_crop_and_resize and keep_aspect_ratio_policy other than stretch are refused",
+        ),
         "CumSum" => ("cumsum", "the axis must be known at compile time"),
-        "Identity" | "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" => ("view (no dispatch)", "shape inputs must be known at compile time"),
-        "Dropout" => ("view (no dispatch)", "inference only; training mode is refused"),
+        "Identity" | "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" => (
+            "view (no dispatch)",
+            "shape inputs must be known at compile time",
+        ),
+        "Dropout" => (
+            "view (no dispatch)",
+            "inference only; training mode is refused",
+        ),
         "Transpose" | "Concat" | "Split" | "DepthToSpace" | "SpaceToDepth" => ("copy", ""),
-        "Slice" | "Expand" | "Tile" | "Pad" => ("copy", "starts/ends/shape/repeats/pads must be known at compile time; Pad modes constant, edge, reflect, wrap"),
-        "Gather" => ("gather", "out-of-range indices are clamped (ONNX leaves them undefined)"),
+        "Slice" | "Expand" | "Tile" | "Pad" => (
+            "copy",
+            "starts/ends/shape/repeats/pads must be known at compile time; Pad modes constant, edge, reflect, wrap",
+        ),
+        "Gather" => (
+            "gather",
+            "out-of-range indices are clamped (ONNX leaves them undefined)",
+        ),
         "GatherElements" => ("gather_elements", "out-of-range indices are clamped"),
         "GatherND" => ("gather_nd", "out-of-range indices are clamped"),
-        "ScatterND" => ("copy + scatter_nd", "reduction none only; duplicate indices leave one of the updates"),
-        "Trilu" => ("elementwise (select against a constant mask)", "k must be known at compile time"),
+        "ScatterND" => (
+            "copy + scatter_nd",
+            "reduction none only; duplicate indices leave one of the updates",
+        ),
+        "Trilu" => (
+            "elementwise (select against a constant mask)",
+            "k must be known at compile time",
+        ),
         "EyeLike" => ("evaluated while compiling", ""),
-        o if o.starts_with("Reduce") => ("reduce", "float input; axes must be known at compile time"),
+        o if o.starts_with("Reduce") => {
+            ("reduce", "float input; axes must be known at compile time")
+        }
         _ => ("", ""),
     }
 }
@@ -85,7 +121,10 @@ mod tests {
         let mut ops = super::kernel_ops();
         ops.extend(super::COMPILE_TIME_OPS);
         for op in ops {
-            assert!(!super::support(op).0.is_empty(), "{op} has no entry in ops_doc::support");
+            assert!(
+                !super::support(op).0.is_empty(),
+                "{op} has no entry in ops_doc::support"
+            );
         }
     }
 }

@@ -89,7 +89,11 @@ impl Lowerer<'_> {
         let node = self.cur();
         let mut ins: Vec<Val> = Vec::new();
         // CastLike's second input only names the type
-        let count = if op_type == "CastLike" { 1 } else { node.inputs.len() };
+        let count = if op_type == "CastLike" {
+            1
+        } else {
+            node.inputs.len()
+        };
         for i in 0..count {
             match self.opt(i)? {
                 Some(v) => ins.push(v),

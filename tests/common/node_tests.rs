@@ -116,7 +116,6 @@ pub fn read_tensor(p: &Path) -> Result<TensorValue, String> {
     TensorValue::from_proto(&t).map_err(|e| format!("{}: {e}", p.display()))
 }
 
-
 /// The `test_data_set_*` folders of a test, sorted.
 pub fn data_sets(dir: &Path) -> Vec<PathBuf> {
     let mut sets: Vec<PathBuf> = std::fs::read_dir(dir)
