@@ -23,17 +23,16 @@ fn id_of(model: &Path) -> String {
 
 /// Runs `graft run` for each case on two threads; returns (model, output dir) per success and
 /// the failures.
-fn run_all(
-    cases: &[(PathBuf, PathBuf)],
-    out: &Path,
-    extra: &[&str],
-) -> (Vec<(PathBuf, PathBuf, PathBuf)>, Vec<String>) {
+/// (model, inputs, output folder) per successful run.
+type Runs = Vec<(PathBuf, PathBuf, PathBuf)>;
+
+fn run_all(cases: &[(PathBuf, PathBuf)], out: &Path, extra: &[&str]) -> (Runs, Vec<String>) {
     let jobs: Vec<_> = cases.to_vec();
     let chunks: Vec<Vec<(PathBuf, PathBuf)>> = jobs
         .chunks(jobs.len().div_ceil(2).max(1))
         .map(|c| c.to_vec())
         .collect();
-    let results: Vec<(Vec<(PathBuf, PathBuf, PathBuf)>, Vec<String>)> = std::thread::scope(|s| {
+    let results: Vec<(Runs, Vec<String>)> = std::thread::scope(|s| {
         let handles: Vec<_> = chunks
             .into_iter()
             .map(|chunk| {

@@ -24,7 +24,7 @@ pub struct Compiled {
 const WEIGHT_ALIGN: usize = 256;
 
 pub fn emit(
-    model: &Model,
+    _model: &Model,
     mut lw: Lowerer,
     inputs: Vec<(String, Val)>,
     outputs: Vec<(String, Val)>,
@@ -64,7 +64,7 @@ pub fn emit(
                 if first[i] == usize::MAX && !out_bufs.contains(&BufId(i)) {
                     continue; // uploaded but fused away
                 }
-                while weights.len() % WEIGHT_ALIGN != 0 {
+                while !weights.len().is_multiple_of(WEIGHT_ALIGN) {
                     weights.push(0);
                 }
                 let offset = weights.len() as u64;
@@ -266,10 +266,6 @@ pub fn emit(
         },
         weights,
         shaders: used_shaders,
-    })
-    .map(|c| {
-        let _ = model;
-        c
     })
 }
 

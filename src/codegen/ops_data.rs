@@ -424,7 +424,7 @@ impl Lowerer<'_> {
             out_shape.push(e as usize);
         }
         let fill = match value {
-            Some(t) if t.len() > 0 => {
+            Some(t) if !t.is_empty() => {
                 let cast = t.cast(x.dtype).map_err(|e| self.invalid(e.to_string()))?;
                 let w = super::lower::to_words(&cast).map_err(|m| self.unsupported(m))?;
                 u32::from_le_bytes([w[0], w[1], w[2], w[3]])
@@ -728,8 +728,8 @@ impl Lowerer<'_> {
         }
         let slice: usize = data.shape[k..].iter().product();
         let mut info = vec![n as u32, slice.max(1) as u32, k as u32, 0, 0, 0, 0, 0];
-        for j in 0..k {
-            info.extend([data.shape[j] as u32, cs[j] as u32]);
+        for (extent, stride) in data.shape.iter().zip(&cs).take(k) {
+            info.extend([*extent as u32, *stride as u32]);
         }
         let ub = self.buf(&upd)?;
         let ib = self.buf(&idx)?;

@@ -378,6 +378,7 @@ impl Spatial {
     ) -> Result<Vec<usize>, String> {
         let r = input.len();
         let mut out = Vec::with_capacity(r);
+        #[allow(clippy::needless_range_loop)] // i indexes pads, kernel, strides and input alike
         for i in 0..r {
             let eff = (self.kernel[i] - 1) * self.dilations[i] + 1;
             let s = self.strides[i].max(1);

@@ -252,17 +252,17 @@ impl Lowerer<'_> {
         let strides = contiguous(&x.shape);
         let (mut kd, mut ks, mut rd, mut rs) = (vec![], vec![], vec![], vec![]);
         let mut out_shape = vec![];
-        for d in 0..rank {
+        for (d, (&extent, &stride)) in x.shape.iter().zip(&strides).enumerate() {
             if axes.contains(&d) {
-                rd.push(x.shape[d] as u32);
-                rs.push(strides[d] as u32);
+                rd.push(extent as u32);
+                rs.push(stride as u32);
                 if keep {
                     out_shape.push(1);
                 }
             } else {
-                kd.push(x.shape[d] as u32);
-                ks.push(strides[d] as u32);
-                out_shape.push(x.shape[d]);
+                kd.push(extent as u32);
+                ks.push(stride as u32);
+                out_shape.push(extent);
             }
         }
         let count: usize = rd.iter().map(|&d| d as usize).product();
@@ -392,7 +392,7 @@ impl Lowerer<'_> {
             (1, usize::MAX)
         };
         let scales: Option<Vec<f32>> = match self.konst(scales_at, "scales")? {
-            Some(t) if t.len() > 0 => Some(
+            Some(t) if !t.is_empty() => Some(
                 t.to_f32_array()
                     .ok_or_else(|| self.invalid("scales must be float"))?
                     .iter()
@@ -437,12 +437,12 @@ impl Lowerer<'_> {
         let n: usize = out_shape.iter().product();
         let strides = contiguous(&x.shape);
         let mut info = vec![n as u32, rank as u32, mode_code, ctm_code, nearest, 0, 0, 0];
-        for d in 0..rank {
+        for (d, stride) in strides.iter().enumerate() {
             info.extend([
                 x.shape[d] as u32,
                 out_shape[d] as u32,
                 scale_per[d].to_bits(),
-                strides[d] as u32,
+                *stride as u32,
             ]);
         }
         let xb = self.buf(&x)?;

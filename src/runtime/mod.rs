@@ -114,8 +114,7 @@ impl Executable {
         let mut buffers = Vec::with_capacity(plan.buffers.len());
         for (i, b) in plan.buffers.iter().enumerate() {
             let size = b.size.max(4).next_multiple_of(4);
-            if size > limits.max_buffer_size || size > limits.max_storage_buffer_binding_size as u64
-            {
+            if size > limits.max_buffer_size || size > limits.max_storage_buffer_binding_size {
                 return Err(Error::Gpu(format!(
                     "buffer {i} ({}) needs {size} bytes; the adapter allows {} per binding",
                     b.values.first().map(|s| s.as_str()).unwrap_or("?"),
@@ -177,7 +176,7 @@ impl Executable {
         // per-dispatch info, one aligned slot each
         let stride = plan.info_stride_bytes as u64;
         if stride < (plan.info_words as u64) * 4
-            || stride % limits.min_uniform_buffer_offset_alignment as u64 != 0
+            || !stride.is_multiple_of(limits.min_uniform_buffer_offset_alignment as u64)
         {
             return Err(Error::Gpu(format!(
                 "info stride {stride} does not suit this adapter"
