@@ -3,43 +3,251 @@
 //! kernel. A producer is only fused into its single reader, never when its buffer is a graph
 //! output, so every intermediate that disappears had no other use.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::BufId;
-use super::lower::{Activation, Data, Lowerer, StepKind, Val};
+use super::lower::{Activation, Data, Lowerer, Step, StepKind, Val};
 use super::program::{Ins, Program, op};
 
-/// Fuses until nothing changes.
+/// Fuses in two sweeps over the steps (epilogues first, so a bias add goes into its matmul
+/// rather than into an elementwise chain), keeping the use maps up to date as steps merge.
 pub fn fuse(lw: &mut Lowerer, outputs: &[(String, Val)]) {
-    let out_bufs: Vec<BufId> = outputs
+    let out_bufs: HashSet<BufId> = outputs
         .iter()
         .filter_map(|(_, v)| match v.data {
             Data::Gpu(b) => Some(b),
             Data::Const(_) => None,
         })
         .collect();
-    loop {
-        let changed = fuse_epilogues(lw, &out_bufs) || fuse_chains(lw, &out_bufs);
-        if !changed {
-            break;
-        }
-    }
+    let mut f = Fuser::new(std::mem::take(&mut lw.steps), out_bufs);
+    f.epilogues();
+    f.chains();
+    lw.steps = f.steps.into_iter().flatten().collect();
 }
 
-/// For each buffer: the steps that write it and the steps that read it.
-fn uses(lw: &Lowerer) -> (HashMap<BufId, Vec<usize>>, HashMap<BufId, Vec<usize>>) {
-    let mut writers: HashMap<BufId, Vec<usize>> = HashMap::new();
-    let mut readers: HashMap<BufId, Vec<usize>> = HashMap::new();
-    for (i, s) in lw.steps.iter().enumerate() {
-        writers.entry(s.out()).or_default().push(i);
+struct Fuser {
+    /// Steps by original index; `None` once merged into another.
+    steps: Vec<Option<Step>>,
+    writers: HashMap<BufId, Vec<usize>>,
+    readers: HashMap<BufId, Vec<usize>>,
+    outputs: HashSet<BufId>,
+}
+
+impl Fuser {
+    fn new(steps: Vec<Step>, outputs: HashSet<BufId>) -> Self {
+        let mut f = Fuser {
+            steps: steps.into_iter().map(Some).collect(),
+            writers: HashMap::new(),
+            readers: HashMap::new(),
+            outputs,
+        };
+        for i in 0..f.steps.len() {
+            f.index(i);
+        }
+        f
+    }
+
+    fn step(&self, i: usize) -> &Step {
+        self.steps[i].as_ref().expect("live step")
+    }
+
+    /// Records step `i`'s write and reads.
+    fn index(&mut self, i: usize) {
+        let s = self.step(i);
+        let out = s.out();
         let mut r = s.reads();
         r.sort();
         r.dedup();
+        self.writers.entry(out).or_default().push(i);
         for b in r {
-            readers.entry(b).or_default().push(i);
+            let e = self.readers.entry(b).or_default();
+            if !e.contains(&i) {
+                e.push(i);
+            }
         }
     }
-    (writers, readers)
+
+    /// Forgets step `i`'s write and reads.
+    fn unindex(&mut self, i: usize) {
+        let s = self.step(i);
+        let out = s.out();
+        let reads = s.reads();
+        if let Some(w) = self.writers.get_mut(&out) {
+            w.retain(|&k| k != i);
+        }
+        for b in reads {
+            if let Some(r) = self.readers.get_mut(&b) {
+                r.retain(|&k| k != i);
+            }
+        }
+    }
+
+    /// Replaces step `keep` by `merged` and drops step `gone`, joining their node lists.
+    fn merge(&mut self, keep: usize, gone: usize, mut merged: Step) {
+        self.unindex(keep);
+        self.unindex(gone);
+        let (first, second) = if keep < gone {
+            (keep, gone)
+        } else {
+            (gone, keep)
+        };
+        let mut names = self.step(first).nodes.clone();
+        names.extend(self.step(second).nodes.iter().cloned());
+        merged.nodes = names;
+        self.steps[gone] = None;
+        self.steps[keep] = Some(merged);
+        self.index(keep);
+    }
+
+    /// The single reader of `b` if there is exactly one and `b` is written once and is no output.
+    fn sole_reader(&self, b: BufId) -> Option<usize> {
+        if self.outputs.contains(&b) || self.writers.get(&b).map(|w| w.len()) != Some(1) {
+            return None;
+        }
+        match self.readers.get(&b).map(|r| r.as_slice()) {
+            Some([j]) => Some(*j),
+            _ => None,
+        }
+    }
+
+    fn epilogues(&mut self) {
+        for i in 0..self.steps.len() {
+            // a matmul/conv may take a bias add and then an activation
+            for _ in 0..2 {
+                if !self.epilogue(i) {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn epilogue(&mut self, i: usize) -> bool {
+        let Some(step) = self.steps[i].as_ref() else {
+            return false;
+        };
+        if !matches!(step.kind, StepKind::MatMul(_) | StepKind::Conv(_)) {
+            return false;
+        }
+        let out = step.out();
+        let Some(j) = self.sole_reader(out) else {
+            return false;
+        };
+        if j <= i {
+            return false;
+        }
+        let StepKind::Elementwise(p) = &self.step(j).kind else {
+            return false;
+        };
+        let p = p.clone();
+        let written_before = |b: BufId| {
+            self.writers
+                .get(&b)
+                .is_none_or(|w| w.iter().all(|&k| k < i))
+        };
+        let mut merged = self.step(i).clone();
+        let fused = match &mut merged.kind {
+            StepKind::MatMul(mm) => {
+                let mut shape: Vec<usize> = mm.batch.iter().map(|d| d[0]).collect();
+                shape.extend([mm.m, mm.n]);
+                if p.shape != shape || mm.act != Activation::NONE {
+                    return false;
+                }
+                if let Some(act) = activation_of(&p) {
+                    mm.act = act;
+                    true
+                } else if let Some(k) = bias_add_of(&p, out) {
+                    let o = &p.operands[k];
+                    if mm.bias.is_some() || !written_before(o.buf) {
+                        return false;
+                    }
+                    let r = shape.len();
+                    mm.bias = Some((o.buf, o.strides[r - 2], o.strides[r - 1]));
+                    for (d, dim) in mm.batch.iter_mut().enumerate() {
+                        dim[3] = o.strides[d];
+                    }
+                    true
+                } else {
+                    false
+                }
+            }
+            StepKind::Conv(cv) => {
+                if cv.act != Activation::NONE {
+                    return false;
+                }
+                if let Some(act) = activation_of(&p) {
+                    cv.act = act;
+                    true
+                } else if let Some(k) = bias_add_of(&p, out) {
+                    let o = &p.operands[k];
+                    let per_channel = o.strides.len() >= 3
+                        && o.strides[1] == 1
+                        && o.strides.iter().enumerate().all(|(d, &s)| d == 1 || s == 0);
+                    if cv.bias.is_some() || !per_channel || !written_before(o.buf) {
+                        return false;
+                    }
+                    cv.bias = Some(o.buf);
+                    cv.info[17] = 1;
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => false,
+        };
+        if !fused {
+            return false;
+        }
+        match &mut merged.kind {
+            StepKind::MatMul(mm) => mm.out = p.out,
+            StepKind::Conv(cv) => cv.out = p.out,
+            _ => unreachable!(),
+        }
+        self.merge(i, j, merged);
+        true
+    }
+
+    fn chains(&mut self) {
+        for j in 0..self.steps.len() {
+            // absorb producers until none fits
+            loop {
+                let Some(Step {
+                    kind: StepKind::Elementwise(consumer),
+                    ..
+                }) = self.steps[j].as_ref()
+                else {
+                    break;
+                };
+                let mut merged_any = false;
+                for operand in consumer.operands.clone() {
+                    let b = operand.buf;
+                    if self.sole_reader(b) != Some(j) {
+                        continue;
+                    }
+                    let i = self.writers[&b][0];
+                    let Some(Step {
+                        kind: StepKind::Elementwise(producer),
+                        ..
+                    }) = self.steps[i].as_ref()
+                    else {
+                        continue;
+                    };
+                    let StepKind::Elementwise(consumer) = &self.step(j).kind else {
+                        unreachable!()
+                    };
+                    if let Some(merged) = consumer.absorb(producer, b) {
+                        let mut step = self.step(j).clone();
+                        step.kind = StepKind::Elementwise(merged);
+                        self.merge(j, i, step);
+                        merged_any = true;
+                        break;
+                    }
+                }
+                if !merged_any {
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// The activation an elementwise program applies to its single input, if that is all it does.
@@ -80,127 +288,4 @@ fn bias_add_of(p: &Program, buf: BufId) -> Option<usize> {
         }
         _ => None,
     }
-}
-
-fn remove_step(lw: &mut Lowerer, producer: usize, consumer: usize, keep: usize) {
-    let drop = if keep == producer { consumer } else { producer };
-    let mut names = lw.steps[producer].nodes.clone();
-    names.extend(lw.steps[consumer].nodes.clone());
-    lw.steps[keep].nodes = names;
-    lw.steps.remove(drop);
-}
-
-fn fuse_epilogues(lw: &mut Lowerer, out_bufs: &[BufId]) -> bool {
-    let (writers, readers) = uses(lw);
-    for i in 0..lw.steps.len() {
-        let out = lw.steps[i].out();
-        if out_bufs.contains(&out) || writers.get(&out).map(|w| w.len()) != Some(1) {
-            continue;
-        }
-        let Some(rs) = readers.get(&out) else {
-            continue;
-        };
-        if rs.len() != 1 || rs[0] <= i {
-            continue;
-        }
-        let j = rs[0];
-        let StepKind::Elementwise(p) = lw.steps[j].kind.clone() else {
-            continue;
-        };
-        // the consumer reads nothing but `out` and possibly one bias
-        let written_before = |b: BufId| writers.get(&b).is_none_or(|w| w.iter().all(|&k| k < i));
-        let fused = match &mut lw.steps[i].kind {
-            StepKind::MatMul(mm) => {
-                let mut shape: Vec<usize> = mm.batch.iter().map(|d| d[0]).collect();
-                shape.extend([mm.m, mm.n]);
-                if p.shape != shape || mm.act != Activation::NONE {
-                    continue;
-                }
-                if let Some(act) = activation_of(&p) {
-                    mm.act = act;
-                    true
-                } else if let Some(k) = bias_add_of(&p, out) {
-                    let o = &p.operands[k];
-                    if mm.bias.is_some() || !written_before(o.buf) {
-                        continue;
-                    }
-                    let r = shape.len();
-                    mm.bias = Some((o.buf, o.strides[r - 2], o.strides[r - 1]));
-                    for (d, dim) in mm.batch.iter_mut().enumerate() {
-                        dim[3] = o.strides[d];
-                    }
-                    true
-                } else {
-                    false
-                }
-            }
-            StepKind::Conv(cv) => {
-                if cv.act != Activation::NONE {
-                    continue;
-                }
-                if let Some(act) = activation_of(&p) {
-                    cv.act = act;
-                    true
-                } else if let Some(k) = bias_add_of(&p, out) {
-                    let o = &p.operands[k];
-                    let per_channel = o.strides.len() >= 3
-                        && o.strides[1] == 1
-                        && o.strides.iter().enumerate().all(|(d, &s)| d == 1 || s == 0);
-                    if cv.bias.is_some() || !per_channel || !written_before(o.buf) {
-                        continue;
-                    }
-                    cv.bias = Some(o.buf);
-                    cv.info[17] = 1;
-                    true
-                } else {
-                    false
-                }
-            }
-            _ => false,
-        };
-        if fused {
-            match &mut lw.steps[i].kind {
-                StepKind::MatMul(mm) => mm.out = p.out,
-                StepKind::Conv(cv) => cv.out = p.out,
-                _ => unreachable!(),
-            }
-            remove_step(lw, i, j, i);
-            return true;
-        }
-    }
-    false
-}
-
-fn fuse_chains(lw: &mut Lowerer, out_bufs: &[BufId]) -> bool {
-    let (writers, readers) = uses(lw);
-    for j in 0..lw.steps.len() {
-        let StepKind::Elementwise(consumer) = &lw.steps[j].kind else {
-            continue;
-        };
-        for operand in consumer.operands.clone() {
-            let b = operand.buf;
-            if out_bufs.contains(&b) {
-                continue;
-            }
-            let Some(w) = writers.get(&b) else {
-                continue;
-            };
-            if w.len() != 1 || readers.get(&b).map(|r| r.as_slice()) != Some(&[j]) {
-                continue;
-            }
-            let i = w[0];
-            let StepKind::Elementwise(producer) = &lw.steps[i].kind else {
-                continue;
-            };
-            let StepKind::Elementwise(consumer) = &lw.steps[j].kind else {
-                unreachable!()
-            };
-            if let Some(merged) = consumer.absorb(producer, b) {
-                lw.steps[j].kind = StepKind::Elementwise(merged);
-                remove_step(lw, i, j, j);
-                return true;
-            }
-        }
-    }
-    false
 }
