@@ -39,9 +39,11 @@ pub struct LoweringArgs {
     /// Fold adapters into the base weights first (the `fold` pipeline, each rewrite checked).
     #[arg(long)]
     pub fold: bool,
-    /// Matmul kernel: tiled (64x64 tiles in workgroup memory) or naive (one output per
-    /// invocation); default: tiled when both M and N are at least 32.
-    #[arg(long, value_name = "tiled|naive")]
+    /// Matmul kernel: vec4 (64x64 tiles in workgroup memory, vectorised loads and stores),
+    /// tiled (the same with scalar loads, for any layout) or naive (one output per invocation);
+    /// default: vec4 where the layout allows and both M and N are at least 32, else tiled, and
+    /// naive for smaller products.
+    #[arg(long, value_name = "vec4|tiled|naive")]
     pub matmul: Option<String>,
     /// Do not fuse epilogues or elementwise chains (one dispatch per node).
     #[arg(long)]
@@ -51,10 +53,11 @@ pub struct LoweringArgs {
 impl LoweringArgs {
     pub fn options(&self, source: &Path) -> anyhow::Result<CompileOptions> {
         if let Some(m) = &self.matmul
-            && m != "tiled"
-            && m != "naive"
+            && !matches!(m.as_str(), "vec4" | "tiled" | "naive")
         {
-            return Err(graft::Error::Usage(format!("--matmul {m}: choose tiled or naive")).into());
+            return Err(
+                graft::Error::Usage(format!("--matmul {m}: choose vec4, tiled or naive")).into(),
+            );
         }
         Ok(CompileOptions {
             matmul_variant: self.matmul.clone(),

@@ -183,13 +183,16 @@ pub fn emit(
             None => {
                 let src = shaders::source(name).expect("kernel source");
                 let module = shaders::validate(name, src).map_err(Error::Compile)?;
-                let flat = !matches!(name, "matmul_tiled" | "layernorm" | "softmax");
+                let flat = !matches!(
+                    name,
+                    "matmul_tiled" | "matmul_vec4" | "layernorm" | "softmax"
+                );
                 let mut overrides = BTreeMap::new();
                 if flat {
                     overrides.insert("WG".to_string(), 64.0);
                 }
                 let wg = match name {
-                    "matmul_tiled" => [16, 16, 1],
+                    "matmul_tiled" | "matmul_vec4" => [16, 16, 1],
                     _ => [64, 1, 1],
                 };
                 kernels.push(Kernel {
@@ -283,6 +286,19 @@ fn source_of(opts: &CompileOptions) -> plan::Source {
     }
 }
 
+/// Whether a product's operands and output suit `matmul_vec4`: A contiguous along K, B and the
+/// output along N, K and N multiples of 4, and every base and stride a multiple of 4.
+fn vec4_layout(mm: &super::lower::MatMulStep) -> bool {
+    let four = |x: usize| x.is_multiple_of(4);
+    mm.a_ks == 1
+        && mm.b_ns == 1
+        && four(mm.k)
+        && four(mm.n)
+        && four(mm.a_ms)
+        && four(mm.b_ks)
+        && mm.batch.iter().all(|d| four(d[1]) && four(d[2]))
+}
+
 type Encoded = (&'static str, Vec<u32>, Vec<BufId>, [u32; 3]);
 
 fn encode(step: &super::lower::Step, opts: &CompileOptions) -> Result<Encoded> {
@@ -337,12 +353,16 @@ fn encode(step: &super::lower::Step, opts: &CompileOptions) -> Result<Encoded> {
                 info.extend(d.iter().map(|&x| x as u32));
             }
             let bufs = vec![mm.out, mm.a, mm.b, bias.unwrap_or(mm.a)];
-            let tiled = match opts.matmul_variant.as_deref() {
-                Some("tiled") => true,
-                Some(_) => false,
-                None => mm.m >= 32 && mm.n >= 32,
+            let vec4_ok = vec4_layout(mm);
+            let variant = match opts.matmul_variant.as_deref() {
+                Some("vec4") if vec4_ok => "matmul_vec4",
+                Some("vec4") | Some("tiled") => "matmul_tiled",
+                Some(_) => "matmul_naive",
+                None if mm.m >= 32 && mm.n >= 32 && vec4_ok => "matmul_vec4",
+                None if mm.m >= 32 && mm.n >= 32 => "matmul_tiled",
+                None => "matmul_naive",
             };
-            if tiled {
+            if variant != "matmul_naive" {
                 if batch > 65535 {
                     return Err(Error::Compile(format!(
                         "{}: batch of {batch} exceeds a dispatch dimension",
@@ -350,7 +370,7 @@ fn encode(step: &super::lower::Step, opts: &CompileOptions) -> Result<Encoded> {
                     )));
                 }
                 (
-                    "matmul_tiled",
+                    variant,
                     info,
                     bufs,
                     [

@@ -136,6 +136,25 @@ impl Lowerer<'_> {
             }
             _ => None,
         };
+        // constant weights stored [N, K] are laid out [K, N] now, so the product reads them
+        // contiguously along N (and the vectorised kernel applies)
+        let (b, tb) = match b.konst() {
+            Some(t) if tb => match t.to_f32_array() {
+                Some(w) => {
+                    let wt = w.t().as_standard_layout().to_owned().into_dyn();
+                    let v = Val {
+                        shape: vec![k, n],
+                        dtype: b.dtype,
+                        data: super::lower::Data::Const(std::rc::Rc::new(
+                            crate::eval::TensorValue::F32(wt),
+                        )),
+                    };
+                    (v, false)
+                }
+                None => (b, tb),
+            },
+            _ => (b, tb),
+        };
         let out = self.out_buf(0, &[m, n], a.dtype)?;
         let (abuf, bbuf) = (self.buf(&a)?, self.buf(&b)?);
         let (a_ms, a_ks) = if ta { (1, m) } else { (k, 1) };

@@ -15,6 +15,10 @@ pub const SHADERS: &[(&str, &str)] = &[
         "matmul_tiled",
         include_str!("../../shaders/matmul_tiled.wgsl"),
     ),
+    (
+        "matmul_vec4",
+        include_str!("../../shaders/matmul_vec4.wgsl"),
+    ),
     ("conv2d", include_str!("../../shaders/conv2d.wgsl")),
     (
         "conv_transpose2d",

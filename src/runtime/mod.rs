@@ -113,7 +113,8 @@ impl Executable {
         let limits = dev.limits();
         let mut buffers = Vec::with_capacity(plan.buffers.len());
         for (i, b) in plan.buffers.iter().enumerate() {
-            let size = b.size.max(4).next_multiple_of(4);
+            // whole vec4s, so kernels may view any buffer as array<vec4<f32>>
+            let size = b.size.max(16).next_multiple_of(16);
             if size > limits.max_buffer_size || size > limits.max_storage_buffer_binding_size {
                 return Err(Error::Gpu(format!(
                     "buffer {i} ({}) needs {size} bytes; the adapter allows {} per binding",
