@@ -156,3 +156,68 @@ fn the_plan_records_the_variant_it_chose() {
         "matmul_tiled"
     );
 }
+
+#[test]
+fn float16_weights_are_held_as_f16_with_shader_f16() {
+    let Some(gpu) = common::gpu("gpu f16 weights") else {
+        return;
+    };
+    let weights: Vec<f32> = (0..64 * 40)
+        .map(|i| ((i * 29) % 97) as f32 / 97.0 - 0.5)
+        .collect();
+    let bits = weights
+        .iter()
+        .map(|w| half::f16::from_f32(*w).to_bits().to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let text = format!(
+        "<\n ir_version: 8,\n opset_import: [\"\" : 18]\n>\ng (float16[70,64] x) => (float16[70,40] y) \
+         <float16[64,40] w = {{{bits}}}> {{\n y = MatMul (x, w)\n}}\n"
+    );
+    let m = model(&text);
+    let x = random(&[70, 64], 7).cast(10).unwrap();
+    let inputs = vec![("x".to_string(), x)];
+    let want = graft::verify::run(&m, &inputs).unwrap();
+    let compile = |f16: bool| {
+        let mut opts = CompileOptions {
+            shader_f16: f16,
+            ..Default::default()
+        };
+        opts.input_shapes.insert("x".into(), vec![70, 64]);
+        graft::codegen::compile(&m, &opts).unwrap()
+    };
+    let (plain, half) = (compile(false), compile(true));
+    assert!(!plain.plan.shader_f16);
+    assert!(half.plan.shader_f16);
+    assert!(
+        half.plan
+            .kernels
+            .iter()
+            .any(|k| k.name == "matmul_tiled_f16w")
+    );
+    // the weight takes half the bytes
+    let weight_bytes = |c: &graft::codegen::Compiled| {
+        c.plan
+            .buffers
+            .iter()
+            .filter(|b| b.kind == graft::codegen::plan::BufferKind::Weight)
+            .map(|b| b.size)
+            .sum::<u64>()
+    };
+    assert_eq!(weight_bytes(&plain), 64 * 40 * 4);
+    assert_eq!(weight_bytes(&half), 64 * 40 * 2);
+    if !gpu.shader_f16 {
+        eprintln!(
+            "SKIPPED running the f16 plan: {} lacks shader-f16",
+            gpu.describe()
+        );
+        return;
+    }
+    let opts = CompileOptions {
+        shader_f16: true,
+        ..Default::default()
+    };
+    let got = common::run_on_gpu(&gpu, &m, &inputs, opts).unwrap();
+    let d = &graft::verify::compare(&want, &got, Some(1e-3)).unwrap()[0];
+    assert!(d.ok, "relative error {}", d.rel_fro);
+}

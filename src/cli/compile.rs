@@ -48,6 +48,11 @@ pub struct LoweringArgs {
     /// Do not fuse epilogues or elementwise chains (one dispatch per node).
     #[arg(long)]
     pub no_fusion: bool,
+    /// Hold float16 MatMul/Gemm weights as f16 on the GPU (half the memory); the plan then
+    /// needs an adapter with shader-f16. Without it, float16 tensors are held and computed as
+    /// f32.
+    #[arg(long)]
+    pub shader_f16: bool,
 }
 
 impl LoweringArgs {
@@ -62,6 +67,7 @@ impl LoweringArgs {
         Ok(CompileOptions {
             matmul_variant: self.matmul.clone(),
             no_fusion: self.no_fusion,
+            shader_f16: self.shader_f16,
             source: Some(source.to_path_buf()),
             ..Default::default()
         })

@@ -185,14 +185,14 @@ pub fn emit(
                 let module = shaders::validate(name, src).map_err(Error::Compile)?;
                 let flat = !matches!(
                     name,
-                    "matmul_tiled" | "matmul_vec4" | "layernorm" | "softmax"
+                    "matmul_tiled" | "matmul_tiled_f16w" | "matmul_vec4" | "layernorm" | "softmax"
                 );
                 let mut overrides = BTreeMap::new();
                 if flat {
                     overrides.insert("WG".to_string(), 64.0);
                 }
                 let wg = match name {
-                    "matmul_tiled" | "matmul_vec4" => [16, 16, 1],
+                    "matmul_tiled" | "matmul_tiled_f16w" | "matmul_vec4" => [16, 16, 1],
                     _ => [64, 1, 1],
                 };
                 kernels.push(Kernel {
@@ -254,7 +254,7 @@ pub fn emit(
             version: plan::VERSION,
             source,
             specialised_for: spec,
-            shader_f16: false,
+            shader_f16: used_shaders.values().any(|src| src.contains("enable f16;")),
             info_words: INFO_WORDS as u32,
             info_stride_bytes: (INFO_WORDS * 4) as u32,
             weights: plan::WeightsFile {
@@ -355,6 +355,7 @@ fn encode(step: &super::lower::Step, opts: &CompileOptions) -> Result<Encoded> {
             let bufs = vec![mm.out, mm.a, mm.b, bias.unwrap_or(mm.a)];
             let vec4_ok = vec4_layout(mm);
             let variant = match opts.matmul_variant.as_deref() {
+                _ if mm.b_f16 => "matmul_tiled_f16w",
                 Some("vec4") if vec4_ok => "matmul_vec4",
                 Some("vec4") | Some("tiled") => "matmul_tiled",
                 Some(_) => "matmul_naive",

@@ -116,6 +116,8 @@ pub struct MatMulStep {
     pub b_ks: usize,
     pub b_ns: usize,
     pub alpha: f32,
+    /// B is held as f16 (constant weights with `shader-f16`).
+    pub b_f16: bool,
     /// Bias buffer, m-stride, n-stride.
     pub bias: Option<(BufId, usize, usize)>,
     pub act: Activation,
@@ -208,8 +210,12 @@ pub struct Lowerer<'g> {
     /// Constants already uploaded, by value, so each is stored once.
     /// (keyed by the constant's address; the map keeps it alive so the address is not reused)
     pub uploaded: HashMap<usize, (Rc<TensorValue>, BufId)>,
+    /// Constants uploaded as f16, by address.
+    pub uploaded_f16: HashMap<usize, (Rc<TensorValue>, BufId)>,
     /// The node being lowered, for messages and step labels.
     pub node: Option<NodeId>,
+    /// Whether f16 kernels may be used (see `CompileOptions::shader_f16`).
+    pub shader_f16: bool,
 }
 
 impl<'g> Lowerer<'g> {
@@ -221,7 +227,9 @@ impl<'g> Lowerer<'g> {
             bufs: Vec::new(),
             steps: Vec::new(),
             uploaded: HashMap::new(),
+            uploaded_f16: HashMap::new(),
             node: None,
+            shader_f16: false,
         }
     }
 
@@ -357,6 +365,27 @@ impl<'g> Lowerer<'g> {
                 Ok(b)
             }
         }
+    }
+
+    /// A constant float16 weight as f16 halves, when f16 kernels are allowed; `None` otherwise.
+    pub fn buf_f16(&mut self, v: &Val) -> Option<BufId> {
+        if !self.shader_f16 || v.dtype != code::FLOAT16 {
+            return None;
+        }
+        let t = v.konst()?;
+        let key = Rc::as_ptr(t) as usize;
+        if let Some((_, b)) = self.uploaded_f16.get(&key) {
+            return Some(*b);
+        }
+        let a = t.to_f32_array()?;
+        let bytes: Vec<u8> = a
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect();
+        let name = format!("f16 constant {}", self.uploaded_f16.len());
+        let b = self.new_buf(bytes.len() as u64, BufKind::Weight(Rc::new(bytes)), &name);
+        self.uploaded_f16.insert(key, (t.clone(), b));
+        Some(b)
     }
 
     /// A fresh activation buffer for output `slot` of the current node.

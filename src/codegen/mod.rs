@@ -50,6 +50,9 @@ pub struct CompileOptions {
     pub matmul_variant: Option<String>,
     /// Turn off fusion (for tests and for reading plans).
     pub no_fusion: bool,
+    /// Allow kernels that need the adapter's `shader-f16` feature: float16 weights of MatMul and
+    /// Gemm are then stored as f16 (half the memory), and the plan says so.
+    pub shader_f16: bool,
     /// The model file, recorded in the plan so a run with other shapes can recompile.
     pub source: Option<std::path::PathBuf>,
 }
@@ -157,6 +160,7 @@ fn compile_once(
     let graph = &model.graph;
     let opset = model.opset("").unwrap_or(1);
     let mut lw = Lowerer::new(graph, opset);
+    lw.shader_f16 = opts.shader_f16;
     // initializers
     for (v, t) in graph.initializers() {
         let name = &graph.value(v).name;

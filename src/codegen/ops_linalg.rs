@@ -56,7 +56,11 @@ impl Lowerer<'_> {
             out_shape.push(n);
         }
         let out = self.out_buf(0, &out_shape, a.dtype)?;
-        let (abuf, bbuf) = (self.buf(&a)?, self.buf(&b)?);
+        let abuf = self.buf(&a)?;
+        let (bbuf, b_f16) = match self.buf_f16(&b) {
+            Some(h) => (h, true),
+            None => (self.buf(&b)?, false),
+        };
         let batch_dims = batch
             .iter()
             .enumerate()
@@ -74,6 +78,7 @@ impl Lowerer<'_> {
             b_ks: n,
             b_ns: 1,
             alpha: 1.0,
+            b_f16,
             bias: None,
             act: Activation::NONE,
             out,
@@ -156,7 +161,11 @@ impl Lowerer<'_> {
             _ => (b, tb),
         };
         let out = self.out_buf(0, &[m, n], a.dtype)?;
-        let (abuf, bbuf) = (self.buf(&a)?, self.buf(&b)?);
+        let abuf = self.buf(&a)?;
+        let (bbuf, b_f16) = match self.buf_f16(&b) {
+            Some(h) => (h, true),
+            None => (self.buf(&b)?, false),
+        };
         let (a_ms, a_ks) = if ta { (1, m) } else { (k, 1) };
         let (b_ks, b_ns) = if tb { (1, k) } else { (n, 1) };
         self.push(StepKind::MatMul(MatMulStep {
@@ -171,6 +180,7 @@ impl Lowerer<'_> {
             b_ks,
             b_ns,
             alpha,
+            b_f16,
             bias,
             act: Activation::NONE,
             out,

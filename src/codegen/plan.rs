@@ -18,8 +18,8 @@ pub struct Plan {
     /// The shapes (and, for inputs whose values decide shapes, the values) this plan is
     /// specialised for.
     pub specialised_for: Specialisation,
-    /// Whether kernels use `f16` (the adapter's `shader-f16`). Always false in this version:
-    /// f16 and bf16 tensors are computed in f32.
+    /// Whether kernels use `f16`, so the adapter needs `shader-f16`. Only float16 matmul
+    /// weights are held as f16 (with `--shader-f16`); all computation is in f32.
     pub shader_f16: bool,
     /// 32-bit words of per-dispatch info; dispatch `i`'s words live at byte
     /// `i * info_stride_bytes` of one uniform buffer.

@@ -19,6 +19,10 @@ pub const SHADERS: &[(&str, &str)] = &[
         "matmul_vec4",
         include_str!("../../shaders/matmul_vec4.wgsl"),
     ),
+    (
+        "matmul_tiled_f16w",
+        include_str!("../../shaders/matmul_tiled_f16w.wgsl"),
+    ),
     ("conv2d", include_str!("../../shaders/conv2d.wgsl")),
     (
         "conv_transpose2d",

@@ -110,6 +110,13 @@ impl Executable {
         shader: &dyn Fn(&str) -> Result<String>,
     ) -> Result<Executable> {
         let dev = &gpu.device;
+        if plan.shader_f16 && !gpu.shader_f16 {
+            return Err(Error::Gpu(format!(
+                "the plan uses f16 kernels and {} lacks shader-f16; compile it without \
+                 --shader-f16",
+                gpu.describe()
+            )));
+        }
         let limits = dev.limits();
         let mut buffers = Vec::with_capacity(plan.buffers.len());
         for (i, b) in plan.buffers.iter().enumerate() {
