@@ -396,7 +396,11 @@ impl<'g> Lowerer<'g> {
                 crate::ir::dtype::name(dtype)
             )));
         }
-        let n: usize = shape.iter().product();
+        let n = checked_numel(shape).ok_or_else(|| {
+            self.unsupported(format!(
+                "an output of shape {shape:?} exceeds the 2^30 elements one GPU buffer holds"
+            ))
+        })?;
         let name = self.out_name(slot);
         let b = self.new_buf(4 * n as u64, BufKind::Activation, &name);
         self.set_out(
@@ -454,6 +458,14 @@ impl<'g> Lowerer<'g> {
             groups,
         });
     }
+}
+
+/// Elements of a shape, if kernels can index them with 32-bit words.
+pub fn checked_numel(shape: &[usize]) -> Option<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .filter(|&n| n <= u32::MAX as usize / 4)
 }
 
 /// Workgroups for a flat kernel over `n` invocations (x capped at 65535, the rest in y).

@@ -233,7 +233,11 @@ fn compile_once(
             ))
             .into());
         }
-        let n: usize = shape.iter().product();
+        let n = lower::checked_numel(&shape).ok_or_else(|| {
+            Error::Compile(format!(
+                "input '{name}' of shape {shape:?} exceeds the 2^30 elements one GPU buffer holds"
+            ))
+        })?;
         let b = lw.new_buf(4 * n as u64, lower::BufKind::Input, &name);
         spec.input_shapes.insert(name.clone(), shape.clone());
         lw.vals.insert(

@@ -196,18 +196,28 @@ impl Lowerer<'_> {
                 "{r}-D spatial input (the kernels handle 1-D and 2-D)"
             )));
         }
+        if kernel.len() != r || kernel.contains(&0) {
+            return Err(self.invalid(format!(
+                "kernel shape {kernel:?} does not fit {r} spatial dimensions"
+            )));
+        }
         let get = |name: &str, default: usize, len: usize| -> Res<Vec<usize>> {
             match self.attr_ints(name) {
                 None => Ok(vec![default; len]),
-                Some(v) if v.len() == len && v.iter().all(|&x| x >= 0) => {
+                Some(v) if v.len() == len && v.iter().all(|&x| x >= 0 && x < 1 << 20) => {
                     Ok(v.iter().map(|&x| x as usize).collect())
                 }
                 Some(v) => Err(self.invalid(format!("{name} {v:?} does not fit rank {r}"))),
             }
         };
+        let strides = get("strides", 1, r)?;
+        let dilations = get("dilations", 1, r)?;
+        if strides.contains(&0) || dilations.contains(&0) {
+            return Err(self.invalid("strides and dilations must be positive"));
+        }
         Ok(Spatial {
-            strides: get("strides", 1, r)?,
-            dilations: get("dilations", 1, r)?,
+            strides,
+            dilations,
             pads: get("pads", 0, 2 * r)?,
             auto_pad: self.attr_s("auto_pad", "NOTSET"),
             kernel: kernel.to_vec(),
