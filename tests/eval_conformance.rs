@@ -55,54 +55,14 @@ const KNOWN_GAPS: &[(&[&str], &str)] = &[
     ),
 ];
 
+/// bfloat16 has 8 significant bits, so one rounding step is up to 2^-8 relative, above the
+/// 1e-3 used elsewhere. The reference rounds every intermediate of e.g. Softmax to bf16 while we
+/// round once, and a one-ulp difference in a MatMul input can move the output by two ulps: allow
+/// two bf16 ulps.
 fn compare(name: &str, got: &TensorValue, want: &TensorValue) -> Result<(), String> {
-    if got.data_type() != want.data_type() {
-        return Err(format!(
-            "output '{name}': type {} vs expected {}",
-            got.data_type(),
-            want.data_type()
-        ));
-    }
-    if got.shape() != want.shape() {
-        return Err(format!(
-            "output '{name}': shape {:?} vs expected {:?}",
-            got.shape(),
-            want.shape()
-        ));
-    }
-    if let (TensorValue::Str(a), TensorValue::Str(b)) = (got, want) {
-        return if a == b {
-            Ok(())
-        } else {
-            Err(format!("output '{name}': strings differ"))
-        };
-    }
-    let exact = !got.is_float();
-    // bfloat16 has 8 significant bits, so one rounding step is up to 2^-8 relative, above the
-    // 1e-3 used elsewhere. The reference rounds every intermediate of e.g. Softmax to bf16 while
-    // we round once, and a one-ulp difference in a MatMul input can move the output by two ulps:
-    // allow two bf16 ulps.
-    let rtol = if got.data_type() == 16 {
-        1.0 / 64.0
-    } else {
-        1e-3
-    };
-    let (a, b) = (got.to_f64_vec(), want.to_f64_vec());
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        let ok = if x.is_nan() || y.is_nan() {
-            x.is_nan() && y.is_nan()
-        } else if exact || x.is_infinite() || y.is_infinite() {
-            x == y
-        } else {
-            (x - y).abs() <= 1e-3 + rtol * y.abs()
-        };
-        if !ok {
-            return Err(format!(
-                "output '{name}': element {i}: got {x}, expected {y}"
-            ));
-        }
-    }
-    Ok(())
+    common::node_tests::compare(name, got, want, 1e-3, &|dtype| {
+        if dtype == 16 { 1.0 / 64.0 } else { 1e-3 }
+    })
 }
 
 enum Outcome {

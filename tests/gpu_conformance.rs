@@ -28,44 +28,14 @@ enum Outcome {
     Unsupported(String),
 }
 
+/// ONNX's criterion with a tight absolute tolerance; float16/bfloat16 results are computed in
+/// f32 and rounded once at the end.
 fn close(name: &str, got: &TensorValue, want: &TensorValue) -> Result<(), String> {
-    if got.data_type() != want.data_type() {
-        return Err(format!(
-            "output '{name}': type {} vs expected {}",
-            got.data_type(),
-            want.data_type()
-        ));
-    }
-    if got.shape() != want.shape() {
-        return Err(format!(
-            "output '{name}': shape {:?} vs expected {:?}",
-            got.shape(),
-            want.shape()
-        ));
-    }
-    let exact = !got.is_float();
-    // float16/bfloat16 results are computed in f32 and rounded once at the end
-    let rtol = match got.data_type() {
+    common::node_tests::compare(name, got, want, 1e-5, &|dtype| match dtype {
         16 => 1.0 / 64.0,
         10 => 2e-3,
         _ => 1e-3,
-    };
-    let (a, b) = (got.to_f64_vec(), want.to_f64_vec());
-    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        let ok = if x.is_nan() || y.is_nan() {
-            x.is_nan() && y.is_nan()
-        } else if exact || x.is_infinite() || y.is_infinite() {
-            x == y
-        } else {
-            (x - y).abs() <= 1e-5 + rtol * y.abs()
-        };
-        if !ok {
-            return Err(format!(
-                "output '{name}': element {i}: got {x}, expected {y}"
-            ));
-        }
-    }
-    Ok(())
+    })
 }
 
 fn run_case(gpu: &graft::runtime::Gpu, dir: &Path, claimed: &[&str]) -> Outcome {

@@ -209,44 +209,43 @@ impl Fuser {
     fn chains(&mut self) {
         for j in 0..self.steps.len() {
             // absorb producers until none fits
-            loop {
-                let Some(Step {
-                    kind: StepKind::Elementwise(consumer),
-                    ..
-                }) = self.steps[j].as_ref()
-                else {
-                    break;
-                };
-                let mut merged_any = false;
-                for operand in consumer.operands.clone() {
-                    let b = operand.buf;
-                    if self.sole_reader(b) != Some(j) {
-                        continue;
-                    }
-                    let i = self.writers[&b][0];
-                    let Some(Step {
-                        kind: StepKind::Elementwise(producer),
-                        ..
-                    }) = self.steps[i].as_ref()
-                    else {
-                        continue;
-                    };
-                    let StepKind::Elementwise(consumer) = &self.step(j).kind else {
-                        unreachable!()
-                    };
-                    if let Some(merged) = consumer.absorb(producer, b) {
-                        let mut step = self.step(j).clone();
-                        step.kind = StepKind::Elementwise(merged);
-                        self.merge(j, i, step);
-                        merged_any = true;
-                        break;
-                    }
-                }
-                if !merged_any {
-                    break;
-                }
+            while self.absorb_one(j) {}
+        }
+    }
+
+    /// Merges one elementwise producer into elementwise step `j`; false if none fits.
+    fn absorb_one(&mut self, j: usize) -> bool {
+        let Some(Step {
+            kind: StepKind::Elementwise(consumer),
+            ..
+        }) = self.steps[j].as_ref()
+        else {
+            return false;
+        };
+        for operand in consumer.operands.clone() {
+            let b = operand.buf;
+            if self.sole_reader(b) != Some(j) {
+                continue;
+            }
+            let i = self.writers[&b][0];
+            let Some(Step {
+                kind: StepKind::Elementwise(producer),
+                ..
+            }) = self.steps[i].as_ref()
+            else {
+                continue;
+            };
+            let StepKind::Elementwise(consumer) = &self.step(j).kind else {
+                unreachable!()
+            };
+            if let Some(merged) = consumer.absorb(producer, b) {
+                let mut step = self.step(j).clone();
+                step.kind = StepKind::Elementwise(merged);
+                self.merge(j, i, step);
+                return true;
             }
         }
+        false
     }
 }
 

@@ -68,6 +68,33 @@ impl Lowerer<'_> {
         self.raw("copy", info, vec![out, src], flat_groups(n, 64));
     }
 
+    /// Output 0 of `out_shape`, reading `x` (contiguous) per dimension at `start + c * step`,
+    /// coordinates outside `x` handled by `mode` (see [`Dim`]).
+    fn remap(
+        &mut self,
+        x: &Val,
+        out_shape: &[usize],
+        start: &[i64],
+        step: &[i64],
+        mode: u32,
+        fill: u32,
+    ) -> Res<()> {
+        let os = contiguous(out_shape);
+        let is = contiguous(&x.shape);
+        let dims: Vec<Dim> = (0..out_shape.len())
+            .map(|d| Dim {
+                start: start[d],
+                step: step[d],
+                mode,
+                ..Dim::plain(out_shape[d], os[d], is[d], x.shape[d])
+            })
+            .collect();
+        let out = self.out_buf(0, out_shape, x.dtype)?;
+        let src = self.buf(x)?;
+        self.copy(out, 0, src, &dims, fill);
+        Ok(())
+    }
+
     /// The output as a view of the input's buffer with another shape.
     fn alias(&mut self, x: &Val, shape: Vec<usize>) -> Res<()> {
         if shape.iter().product::<usize>() != x.numel() {
@@ -278,7 +305,6 @@ impl Lowerer<'_> {
         if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
             return Err(self.invalid("starts, ends, axes and steps differ in length"));
         }
-        let is = contiguous(&x.shape);
         let mut out_shape = x.shape.clone();
         let mut start = vec![0i64; rank];
         let mut step = vec![1i64; rank];
@@ -310,18 +336,7 @@ impl Lowerer<'_> {
             start[a] = s as i64;
             step[a] = st as i64;
         }
-        let os = contiguous(&out_shape);
-        let dims: Vec<Dim> = (0..rank)
-            .map(|d| Dim {
-                start: start[d],
-                step: step[d],
-                ..Dim::plain(out_shape[d], os[d], is[d], x.shape[d])
-            })
-            .collect();
-        let out = self.out_buf(0, &out_shape, x.dtype)?;
-        let src = self.buf(&x)?;
-        self.copy(out, 0, src, &dims, 0);
-        Ok(())
+        self.remap(&x, &out_shape, &start, &step, 0, 0)
     }
 
     pub fn lower_expand(&mut self) -> Res<()> {
@@ -363,18 +378,8 @@ impl Lowerer<'_> {
             .zip(&reps)
             .map(|(&d, &r)| d * r as usize)
             .collect();
-        let os = contiguous(&out_shape);
-        let is = contiguous(&x.shape);
-        let dims: Vec<Dim> = (0..x.shape.len())
-            .map(|d| Dim {
-                mode: 4,
-                ..Dim::plain(out_shape[d], os[d], is[d], x.shape[d])
-            })
-            .collect();
-        let out = self.out_buf(0, &out_shape, x.dtype)?;
-        let src = self.buf(&x)?;
-        self.copy(out, 0, src, &dims, 0);
-        Ok(())
+        let rank = x.shape.len();
+        self.remap(&x, &out_shape, &vec![0; rank], &vec![1; rank], 4, 0)
     }
 
     pub fn lower_pad(&mut self) -> Res<()> {
@@ -431,22 +436,11 @@ impl Lowerer<'_> {
             }
             _ => 0,
         };
-        let os = contiguous(&out_shape);
-        let is = contiguous(&x.shape);
-        let dims: Vec<Dim> = (0..rank)
-            .map(|d| Dim {
-                start: -begin[d],
-                mode: mode_code,
-                ..Dim::plain(out_shape[d], os[d], is[d], x.shape[d])
-            })
-            .collect();
-        let out = self.out_buf(0, &out_shape, x.dtype)?;
         if x.numel() == 0 {
             return Err(self.unsupported("padding an empty tensor"));
         }
-        let src = self.buf(&x)?;
-        self.copy(out, 0, src, &dims, fill);
-        Ok(())
+        let start: Vec<i64> = begin.iter().map(|b| -b).collect();
+        self.remap(&x, &out_shape, &start, &vec![1; rank], mode_code, fill)
     }
 
     pub fn lower_concat(&mut self) -> Res<()> {

@@ -204,7 +204,7 @@ impl Lowerer<'_> {
         let get = |name: &str, default: usize, len: usize| -> Res<Vec<usize>> {
             match self.attr_ints(name) {
                 None => Ok(vec![default; len]),
-                Some(v) if v.len() == len && v.iter().all(|&x| x >= 0 && x < 1 << 20) => {
+                Some(v) if v.len() == len && v.iter().all(|x| (0..1 << 20).contains(x)) => {
                     Ok(v.iter().map(|&x| x as usize).collect())
                 }
                 Some(v) => Err(self.invalid(format!("{name} {v:?} does not fit rank {r}"))),
@@ -252,27 +252,7 @@ impl Lowerer<'_> {
         let mut out_shape = vec![n, mo];
         out_shape.extend(&out_sp);
         let out = self.out_buf(0, &out_shape, x.dtype)?;
-        let (h, wd, oh, ow, kh, kw, s, d, p) = sp.as_2d(&x.shape[2..], &out_sp);
-        let info = vec![
-            out_shape.iter().product::<usize>() as u32,
-            n as u32,
-            c as u32,
-            h,
-            wd,
-            mo as u32,
-            oh,
-            ow,
-            kh,
-            kw,
-            s[0],
-            s[1],
-            d[0],
-            d[1],
-            p[0],
-            p[1],
-            groups as u32,
-            bias.is_some() as u32,
-        ];
+        let info = sp.conv_info(&x.shape, &out_shape, mo, groups, bias.is_some());
         let xb = self.buf(&x)?;
         let wb = self.buf(&w)?;
         let bb = match &bias {
@@ -360,28 +340,8 @@ impl Lowerer<'_> {
         let mut out_shape = vec![n, mo];
         out_shape.extend(&out_sp);
         let out = self.out_buf(0, &out_shape, x.dtype)?;
-        let (h, wd, oh, ow, kh, kw, s, d, p) = sp.as_2d(&x.shape[2..], &out_sp);
         let total = out_shape.iter().product::<usize>();
-        let info = vec![
-            total as u32,
-            n as u32,
-            c as u32,
-            h,
-            wd,
-            mo as u32,
-            oh,
-            ow,
-            kh,
-            kw,
-            s[0],
-            s[1],
-            d[0],
-            d[1],
-            p[0],
-            p[1],
-            groups as u32,
-            bias.is_some() as u32,
-        ];
+        let info = sp.conv_info(&x.shape, &out_shape, mo, groups, bias.is_some());
         let xb = self.buf(&x)?;
         let wb = self.buf(&w)?;
         let mut bufs = vec![out, xb, wb];
@@ -498,6 +458,38 @@ impl Spatial {
                 [self.pads[0] as u32, self.pads[1] as u32],
             )
         }
+    }
+
+    /// Info words 0..=17 of conv2d.wgsl and conv_transpose2d.wgsl.
+    pub fn conv_info(
+        &self,
+        x: &[usize],
+        out: &[usize],
+        out_channels: usize,
+        groups: usize,
+        has_bias: bool,
+    ) -> Vec<u32> {
+        let (h, w, oh, ow, kh, kw, s, d, p) = self.as_2d(&x[2..], &out[2..]);
+        vec![
+            out.iter().product::<usize>() as u32,
+            x[0] as u32,
+            x[1] as u32,
+            h,
+            w,
+            out_channels as u32,
+            oh,
+            ow,
+            kh,
+            kw,
+            s[0],
+            s[1],
+            d[0],
+            d[1],
+            p[0],
+            p[1],
+            groups as u32,
+            has_bias as u32,
+        ]
     }
 
     /// End pads in the 2-D view.

@@ -147,3 +147,53 @@ pub fn test_names(dir: &Path, filter: &str) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Element-wise closeness as the ONNX backend tests judge it: same type and shape, NaNs where
+/// expected, integers and infinities exact, floats within `atol + rtol(dtype) * |want|`.
+pub fn compare(
+    name: &str,
+    got: &TensorValue,
+    want: &TensorValue,
+    atol: f64,
+    rtol: &dyn Fn(i32) -> f64,
+) -> Result<(), String> {
+    if got.data_type() != want.data_type() {
+        return Err(format!(
+            "output '{name}': type {} vs expected {}",
+            got.data_type(),
+            want.data_type()
+        ));
+    }
+    if got.shape() != want.shape() {
+        return Err(format!(
+            "output '{name}': shape {:?} vs expected {:?}",
+            got.shape(),
+            want.shape()
+        ));
+    }
+    if let (TensorValue::Str(a), TensorValue::Str(b)) = (got, want) {
+        return if a == b {
+            Ok(())
+        } else {
+            Err(format!("output '{name}': strings differ"))
+        };
+    }
+    let exact = !got.is_float();
+    let rtol = rtol(got.data_type());
+    let (a, b) = (got.to_f64_vec(), want.to_f64_vec());
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        let ok = if x.is_nan() || y.is_nan() {
+            x.is_nan() && y.is_nan()
+        } else if exact || x.is_infinite() || y.is_infinite() {
+            x == y
+        } else {
+            (x - y).abs() <= atol + rtol * y.abs()
+        };
+        if !ok {
+            return Err(format!(
+                "output '{name}': element {i}: got {x}, expected {y}"
+            ));
+        }
+    }
+    Ok(())
+}
