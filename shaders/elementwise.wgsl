@@ -1,15 +1,20 @@
-// Elementwise program interpreter: one invocation per output element.
+// Elementwise program interpreter: one kernel, one pipeline, for every elementwise op and every
+// fused chain of them.
 //
 // A chain of fused elementwise ONNX nodes is encoded as a small register program in the info
 // buffer; every invocation runs the same program (uniform control flow), so the kernel is
 // specialised by data, not by text. All tensors are 32-bit words: f32, or i32 for integer and
-// bool tensors (int64 is narrowed to i32 at the plan's edges).
+// bool tensors (int64 is narrowed to i32 at the plan's edges). Each invocation computes four
+// consecutive output elements. elementwise_specialised.wgsl runs the same programs compiled
+// into their own pipelines.
 //
 // info words:
 //   0 n (output elements)  1 rank  2 inputs  3 instructions  4 result register  5 output base
-//   8..8+rank                      output dims
+//   6 bit k set: input k is read in output order (no coordinates needed)
+//   8..8+rank                      output dims (after merging dimensions all inputs walk alike)
 //   then per input k: base, strides[rank] (element strides in the output's coordinates)
-//   then instructions, 5 words each: op, dst, a, b, c
+//   then instructions, 5 words each: op, dst, a, b, c (for LOAD a is the input index, for
+//   CONST the value's bits)
 
 @group(0) @binding(0) var<uniform> info: array<vec4<u32>, 64>;
 @group(0) @binding(1) var<storage, read_write> dst: array<u32>;
@@ -283,48 +288,141 @@ fn execute(op: u32, a: u32, b: u32, c: u32) -> u32 {
     }
 }
 
+fn is_nan4(x: vec4<f32>) -> vec4<bool> {
+    return (bitcast<vec4<u32>>(x) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+}
+
+fn b2u4(b: vec4<bool>) -> vec4<u32> {
+    return select(vec4<u32>(0u), vec4<u32>(1u), b);
+}
+
+fn erf4(x: vec4<f32>) -> vec4<f32> {
+    let s = sign(x);
+    let a = abs(x);
+    let t = 1.0 / (1.0 + 0.3275911 * a);
+    let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-a * a);
+    return s * y;
+}
+
+fn scalar4(op: u32, a: vec4<u32>, b: vec4<u32>, c: vec4<u32>) -> vec4<u32> {
+    return vec4<u32>(execute(op, a.x, b.x, c.x), execute(op, a.y, b.y, c.y), execute(op, a.z, b.z, c.z), execute(op, a.w, b.w, c.w));
+}
+
+// The common ops on four elements at once; the rest one lane at a time through `execute`.
+fn execute4(op: u32, a: vec4<u32>, b: vec4<u32>, c: vec4<u32>) -> vec4<u32> {
+    let x = bitcast<vec4<f32>>(a);
+    let y = bitcast<vec4<f32>>(b);
+    let i = bitcast<vec4<i32>>(a);
+    let j = bitcast<vec4<i32>>(b);
+    switch op {
+        case 10u: { return bitcast<vec4<u32>>(-x); }
+        case 11u: { return bitcast<vec4<u32>>(abs(x)); }
+        case 12u: { return bitcast<vec4<u32>>(exp(x)); }
+        case 13u: { return bitcast<vec4<u32>>(log(x)); }
+        case 14u: { return bitcast<vec4<u32>>(sqrt(x)); }
+        case 15u: { return bitcast<vec4<u32>>(1.0 / x); }
+        case 16u: { return bitcast<vec4<u32>>(tanh(clamp(x, vec4<f32>(-15.0), vec4<f32>(15.0)))); }
+        case 17u: {
+            let e = exp(-abs(x));
+            return bitcast<vec4<u32>>(select(e / (1.0 + e), 1.0 / (1.0 + e), x >= vec4<f32>(0.0)));
+        }
+        case 18u: { return bitcast<vec4<u32>>(erf4(x)); }
+        case 19u: { return bitcast<vec4<u32>>(max(x, vec4<f32>(0.0))); }
+        case 35u: { return bitcast<vec4<u32>>(0.5 * x * (1.0 + erf4(x * 0.70710678118654752))); }
+        case 36u: {
+            let u = clamp(0.79788456080286536 * (x + 0.044715 * x * x * x), vec4<f32>(-15.0), vec4<f32>(15.0));
+            return bitcast<vec4<u32>>(0.5 * x * (1.0 + tanh(u)));
+        }
+        case 50u: { return bitcast<vec4<u32>>(x + y); }
+        case 51u: { return bitcast<vec4<u32>>(x - y); }
+        case 52u: { return bitcast<vec4<u32>>(x * y); }
+        case 53u: { return bitcast<vec4<u32>>(x / y); }
+        case 54u: {
+            if (all(y == vec4<f32>(2.0))) { return bitcast<vec4<u32>>(x * x); }
+            return scalar4(op, a, b, c);
+        }
+        case 55u: { return bitcast<vec4<u32>>(select(min(x, y), vec4<f32>(nan()), is_nan4(x) | is_nan4(y))); }
+        case 56u: { return bitcast<vec4<u32>>(select(max(x, y), vec4<f32>(nan()), is_nan4(x) | is_nan4(y))); }
+        case 60u: { return b2u4(x == y); }
+        case 61u: { return b2u4(x < y); }
+        case 62u: { return b2u4(x <= y); }
+        case 63u: { return b2u4(x > y); }
+        case 64u: { return b2u4(x >= y); }
+        case 70u: { return bitcast<vec4<u32>>(i + j); }
+        case 71u: { return bitcast<vec4<u32>>(i - j); }
+        case 72u: { return bitcast<vec4<u32>>(i * j); }
+        case 76u: { return bitcast<vec4<u32>>(min(i, j)); }
+        case 77u: { return bitcast<vec4<u32>>(max(i, j)); }
+        case 85u: { return b2u4(i == j); }
+        case 86u: { return b2u4(i < j); }
+        case 87u: { return b2u4(i <= j); }
+        case 88u: { return b2u4(i > j); }
+        case 89u: { return b2u4(i >= j); }
+        case 90u: { return b2u4((a != vec4<u32>(0u)) & (b != vec4<u32>(0u))); }
+        case 91u: { return b2u4((a != vec4<u32>(0u)) | (b != vec4<u32>(0u))); }
+        case 93u: { return b2u4(a == vec4<u32>(0u)); }
+        case 101u: { return bitcast<vec4<u32>>(vec4<f32>(i)); }
+        case 103u: { return b2u4(a != vec4<u32>(0u)); }
+        case 110u: { return select(c, b, a != vec4<u32>(0u)); }
+        default: { return scalar4(op, a, b, c); }
+    }
+}
+
+// Offset of element `e` (output order) in input `k`, or the element itself for inputs read in
+// output order (flag bit k of word 6).
+fn input_offset(k: u32, e: u32, rank: u32, inputs: u32) -> u32 {
+    let at_in = 8u + rank + k * (rank + 1u);
+    if (((word(6u) >> k) & 1u) == 1u) {
+        return word(at_in) + e;
+    }
+    var off = word(at_in);
+    var rest = e;
+    for (var t = 0u; t < rank; t = t + 1u) {
+        let d = rank - 1u - t;
+        let extent = word(8u + d);
+        off = off + (rest % extent) * word(at_in + 1u + d);
+        rest = rest / extent;
+    }
+    return off;
+}
+
+// Four consecutive output elements per invocation: every instruction works on vec4 registers,
+// so interpreting it is paid once per four elements.
 @compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let idx = gid.x + gid.y * nwg.x * WG;
+    let first = (gid.x + gid.y * nwg.x * WG) * 4u;
     let n = word(0u);
-    if (idx >= n) {
+    if (first >= n) {
         return;
     }
+    let lanes = min(n - first, 4u);
     let rank = word(1u);
     let inputs = word(2u);
     let count = word(3u);
-    // output coordinates, innermost last
-    var coord: array<u32, 8>;
-    var rest = idx;
-    for (var d = 0u; d < rank; d = d + 1u) {
-        let k = rank - 1u - d;
-        let extent = word(8u + k);
-        coord[k] = rest % extent;
-        rest = rest / extent;
-    }
     let prog = 8u + rank + inputs * (rank + 1u);
-    var r: array<u32, 16>;
+    var r: array<vec4<u32>, 16>;
     for (var p = 0u; p < count; p = p + 1u) {
         let at = prog + p * 5u;
         let op = word(at);
         let d = word(at + 1u);
         let a = word(at + 2u);
-        let b = word(at + 3u);
-        let c = word(at + 4u);
         if (op == 0u) {
-            let at_in = 8u + rank + a * (rank + 1u);
-            var off = word(at_in);
-            for (var k = 0u; k < rank; k = k + 1u) {
-                off = off + coord[k] * word(at_in + 1u + k);
+            var v = vec4<u32>(0u);
+            for (var l = 0u; l < lanes; l = l + 1u) {
+                v[l] = load_input(a, input_offset(a, first + l, rank, inputs));
             }
-            r[d] = load_input(a, off);
+            r[d] = v;
         } else if (op == 1u) {
-            r[d] = a;
+            r[d] = vec4<u32>(a);
         } else if (op == 2u) {
             r[d] = r[a];
         } else {
-            r[d] = execute(op, r[a], r[b], r[c]);
+            r[d] = execute4(op, r[a], r[word(at + 3u)], r[word(at + 4u)]);
         }
     }
-    dst[word(5u) + idx] = r[word(4u)];
+    let result = r[word(4u)];
+    let base = word(5u) + first;
+    for (var l = 0u; l < lanes; l = l + 1u) {
+        dst[base + l] = result[l];
+    }
 }

@@ -122,12 +122,23 @@ fn corpus_on_wgpu_matches_onnx_runtime() {
     assert!(!unmerged.is_empty());
     let (folded, bad) = run_all(&unmerged, &tmp.path().join("folded"), &["--fold"]);
     failures.extend(bad);
+    // elementwise programs compiled into their own pipelines, on the TorchScript exports
+    let ts: Vec<(PathBuf, PathBuf)> = unmerged
+        .iter()
+        .filter(|(m, _)| m.to_string_lossy().ends_with(".ts.onnx"))
+        .cloned()
+        .collect();
+    let (specialised, bad) = run_all(&ts, &tmp.path().join("specialised"), &["--specialise"]);
+    failures.extend(bad);
     failures.extend(check_against_ort(&py, &plain, "as exported"));
     failures.extend(check_against_ort(&py, &folded, "folded"));
+    failures.extend(check_against_ort(&py, &specialised, "specialised"));
     println!(
-        "gpu corpus: {} models as exported, {} folded, {} failures",
+        "gpu corpus: {} models as exported, {} folded, {} with specialised elementwise kernels, \
+         {} failures",
         plain.len(),
         folded.len(),
+        specialised.len(),
         failures.len()
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -48,6 +48,11 @@ pub struct LoweringArgs {
     /// Do not fuse epilogues or elementwise chains (one dispatch per node).
     #[arg(long)]
     pub no_fusion: bool,
+    /// Compile each elementwise program into its own pipeline (its opcodes as override
+    /// constants) instead of interpreting it: several times faster dispatches, one pipeline
+    /// compile per distinct program (seconds each on a software rasteriser).
+    #[arg(long)]
+    pub specialise: bool,
     /// Hold float16 MatMul/Gemm weights as f16 on the GPU (half the memory); the plan then
     /// needs an adapter with shader-f16. Without it, float16 tensors are held and computed as
     /// f32.
@@ -68,6 +73,7 @@ impl LoweringArgs {
             matmul_variant: self.matmul.clone(),
             no_fusion: self.no_fusion,
             shader_f16: self.shader_f16,
+            specialise: self.specialise,
             source: Some(source.to_path_buf()),
             ..Default::default()
         })

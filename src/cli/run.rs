@@ -398,7 +398,7 @@ fn compile_cached(
         shapes.sort();
         let canon = std::fs::canonicalize(model_path).unwrap_or_else(|_| model_path.to_path_buf());
         let text = format!(
-            "{}|{}|{}|{}|{}|{:?}|{}|{}|{}",
+            "{}|{}|{}|{}|{}|{:?}|{}|{}|{}|{}",
             env!("CARGO_PKG_VERSION"),
             canon.display(),
             meta.len(),
@@ -407,6 +407,7 @@ fn compile_cached(
             a.lowering.matmul,
             a.lowering.no_fusion,
             a.lowering.shader_f16,
+            a.lowering.specialise,
             shapes.join(";")
         );
         let h = sha2::Sha256::digest(text.as_bytes());

@@ -171,6 +171,12 @@ pub fn emit(
     let mut dispatches = Vec::new();
     for step in &lw.steps {
         let (name, info, bufs, groups) = encode(step, opts)?;
+        // elementwise programs are spelled out in override constants: one pipeline each
+        let program: Vec<(String, f64)> = match &step.kind {
+            StepKind::Elementwise(p) if name == "elementwise_specialised" => p.overrides(),
+            _ => Vec::new(),
+        };
+        let key = format!("{name}{program:?}");
         if info.len() > INFO_WORDS {
             return Err(Error::Compile(format!(
                 "{}: the dispatch needs {} info words, more than {INFO_WORDS}",
@@ -178,7 +184,7 @@ pub fn emit(
                 info.len()
             )));
         }
-        let k = match kernel_index.get(name) {
+        let k = match kernel_index.get(&key) {
             Some(&k) => k,
             None => {
                 let src = shaders::source(name).expect("kernel source");
@@ -191,6 +197,7 @@ pub fn emit(
                 if flat {
                     overrides.insert("WG".to_string(), 64.0);
                 }
+                overrides.extend(program.iter().cloned());
                 let wg = match name {
                     "matmul_tiled" | "matmul_tiled_f16w" | "matmul_vec4" => [16, 16, 1],
                     _ => [64, 1, 1],
@@ -207,7 +214,7 @@ pub fn emit(
                     workgroup_size: wg,
                 });
                 used_shaders.insert(format!("{name}.wgsl"), src.to_string());
-                kernel_index.insert(name.to_string(), kernels.len() - 1);
+                kernel_index.insert(key, kernels.len() - 1);
                 kernels.len() - 1
             }
         };
@@ -318,8 +325,14 @@ fn encode(step: &super::lower::Step, opts: &CompileOptions) -> Result<Encoded> {
                     }
                 }
             }
+            // four elements per invocation
             let n: usize = p.shape.iter().product();
-            ("elementwise", p.encode(), bufs, flat_groups(n, 64))
+            let kernel = if opts.specialise && p.specialisable() {
+                "elementwise_specialised"
+            } else {
+                "elementwise"
+            };
+            (kernel, p.encode(), bufs, flat_groups(n.div_ceil(4), 64))
         }
         StepKind::MatMul(mm) => {
             let batch: usize = mm.batch.iter().map(|d| d[0]).product();

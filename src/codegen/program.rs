@@ -94,8 +94,52 @@ pub mod op {
     pub const SELECT: u32 = 110;
 }
 
-/// Registers in the interpreter (`var r: array<u32, 16>` in the shader).
+/// Registers in the kernel (`var r: array<vec4<u32>, 16>` in the shader).
 pub const REGISTERS: usize = 16;
+/// Instruction slots of `elementwise_specialised.wgsl` (OP0..OP23 and friends).
+pub const SLOTS: usize = 24;
+/// Opcodes `elementwise_specialised.wgsl` implements (its `execute4`), besides LOAD, CONST, MOV.
+pub const SPECIALISABLE: &[u32] = &[
+    op::NEG,
+    op::ABS,
+    op::EXP,
+    op::LOG,
+    op::SQRT,
+    op::RECIP,
+    op::TANH,
+    op::SIGMOID,
+    op::ERF,
+    op::RELU,
+    op::GELU_ERF,
+    op::GELU_TANH,
+    op::ADD,
+    op::SUB,
+    op::MUL,
+    op::DIV,
+    op::MIN,
+    op::MAX,
+    op::EQ,
+    op::LT,
+    op::LE,
+    op::GT,
+    op::GE,
+    op::IADD,
+    op::ISUB,
+    op::IMUL,
+    op::IMIN,
+    op::IMAX,
+    op::IEQ,
+    op::ILT,
+    op::ILE,
+    op::IGT,
+    op::IGE,
+    op::AND,
+    op::OR,
+    op::NOT,
+    op::I2F,
+    op::I2B,
+    op::SELECT,
+];
 /// Input bindings of the elementwise kernel.
 pub const MAX_OPERANDS: usize = 4;
 /// Info words per dispatch (the shader's `array<vec4<u32>, 64>`).
@@ -279,8 +323,15 @@ impl Program {
     /// (always 0 today) and the output base.
     pub fn encode(&self) -> Vec<u32> {
         let (reg, _) = self.allocate();
-        let rank = self.shape.len();
+        let (shape, strides) = self.coalesced();
+        let rank = shape.len();
         let n: usize = self.shape.iter().product();
+        let own = contiguous(&shape);
+        let in_order = strides
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| **s == own)
+            .fold(0u32, |m, (k, _)| m | (1 << k));
         let mut w = vec![
             n as u32,
             rank as u32,
@@ -288,27 +339,96 @@ impl Program {
             self.ins.len() as u32,
             reg[self.result] as u32,
             0,
-            0,
+            in_order,
             0,
         ];
-        w.extend(self.shape.iter().map(|&d| d as u32));
-        for o in &self.operands {
+        w.extend(shape.iter().map(|&d| d as u32));
+        for s in &strides {
             w.push(0);
-            w.extend(o.strides.iter().map(|&s| s as u32));
+            w.extend(s.iter().map(|&x| x as u32));
         }
         for (i, ins) in self.ins.iter().enumerate() {
-            let d = reg[i] as u32;
-            let words = match ins {
-                Ins::Load(k) => [op::LOAD, d, *k as u32, 0, 0],
-                Ins::Const(bits) => [op::CONST, d, *bits, 0, 0],
-                Ins::Op(code, args) => {
-                    let a = |j: usize| args.get(j).map(|&x| reg[x] as u32).unwrap_or(0);
-                    [*code, d, a(0), a(1), a(2)]
-                }
-            };
-            w.extend(words);
+            w.extend(self.words(i, ins, &reg));
         }
         w
+    }
+
+    /// The output shape with size-1 dimensions dropped and neighbours merged wherever every
+    /// operand steps through them as one (so kernels decompose fewer coordinates), and each
+    /// operand's strides over it.
+    pub fn coalesced(&self) -> (Vec<usize>, Vec<Vec<usize>>) {
+        let mut shape: Vec<usize> = Vec::new();
+        let mut strides: Vec<Vec<usize>> = vec![Vec::new(); self.operands.len()];
+        for (d, &e) in self.shape.iter().enumerate() {
+            if e == 1 {
+                continue;
+            }
+            let mergeable = !shape.is_empty()
+                && self
+                    .operands
+                    .iter()
+                    .zip(&strides)
+                    .all(|(o, s)| *s.last().unwrap() == o.strides[d] * e);
+            if mergeable {
+                *shape.last_mut().unwrap() *= e;
+                for (o, s) in self.operands.iter().zip(strides.iter_mut()) {
+                    *s.last_mut().unwrap() = o.strides[d];
+                }
+            } else {
+                shape.push(e);
+                for (o, s) in self.operands.iter().zip(strides.iter_mut()) {
+                    s.push(o.strides[d]);
+                }
+            }
+        }
+        if shape.is_empty() {
+            shape.push(1);
+            for s in strides.iter_mut() {
+                s.push(0);
+            }
+        }
+        (shape, strides)
+    }
+
+    /// The pipeline-overridable constants that spell the program out (COUNT, RESULT and, per
+    /// instruction slot, OPi, Di, Ai, Bi, Ci), after register allocation.
+    pub fn overrides(&self) -> Vec<(String, f64)> {
+        let (reg, _) = self.allocate();
+        let mut o = vec![
+            ("COUNT".to_string(), self.ins.len() as f64),
+            ("RESULT".to_string(), reg[self.result] as f64),
+        ];
+        for (i, ins) in self.ins.iter().enumerate() {
+            for (name, v) in ["OP", "D", "A", "B", "C"]
+                .iter()
+                .zip(self.words(i, ins, &reg))
+            {
+                o.push((format!("{name}{i}"), v as f64));
+            }
+        }
+        o
+    }
+
+    /// The five words of instruction `i`: opcode, destination, three arguments.
+    fn words(&self, i: usize, ins: &Ins, reg: &[usize]) -> [u32; 5] {
+        let d = reg[i] as u32;
+        match ins {
+            Ins::Load(k) => [op::LOAD, d, *k as u32, 0, 0],
+            Ins::Const(bits) => [op::CONST, d, *bits, 0, 0],
+            Ins::Op(code, args) => {
+                let a = |j: usize| args.get(j).map(|&x| reg[x] as u32).unwrap_or(0);
+                [*code, d, a(0), a(1), a(2)]
+            }
+        }
+    }
+
+    /// Whether `elementwise_specialised.wgsl` can run this program.
+    pub fn specialisable(&self) -> bool {
+        self.ins.len() <= SLOTS
+            && self.ins.iter().all(|i| match i {
+                Ins::Op(code, _) => *code == op::MOV || SPECIALISABLE.contains(code),
+                _ => true,
+            })
     }
 
     /// Info words this program would take.
@@ -397,21 +517,63 @@ mod tests {
     }
 
     #[test]
+    fn the_specialised_kernel_implements_exactly_the_specialisable_ops() {
+        let src = crate::codegen::shaders::source("elementwise_specialised").unwrap();
+        let body = &src[src.find("fn execute4(").unwrap()..];
+        let body = &body[..body.find("\n}\n").unwrap()];
+        let mut cases: Vec<u32> = body
+            .split("case ")
+            .skip(1)
+            .map(|c| c[..c.find('u').unwrap()].parse().unwrap())
+            .collect();
+        cases.sort();
+        let mut want = SPECIALISABLE.to_vec();
+        want.sort();
+        assert_eq!(cases, want);
+    }
+
+    #[test]
+    fn coalescing_merges_dimensions_every_operand_walks_as_one() {
+        let mut b = Builder::new(vec![2, 3, 1, 4], BufId(0));
+        // same shape: one dimension
+        let x = b.load(Operand {
+            buf: BufId(1),
+            strides: vec![12, 4, 0, 1],
+        });
+        // a bias over the last axis: broadcast over the first two
+        let c = b.load(Operand {
+            buf: BufId(2),
+            strides: vec![0, 0, 0, 1],
+        });
+        let s = b.op(op::ADD, &[x, c]);
+        let p = b.finish(s);
+        let (shape, strides) = p.coalesced();
+        assert_eq!(shape, vec![6, 4]);
+        assert_eq!(strides, vec![vec![4, 1], vec![0, 1]]);
+        // the in-order mask marks the first operand only
+        assert_eq!(p.encode()[6], 0b01);
+    }
+
+    #[test]
     fn registers_are_reused_after_last_use() {
         let mut b = Builder::new(vec![4], BufId(0));
         let mut acc = b.load(Operand {
             buf: BufId(1),
             strides: vec![1],
         });
-        for _ in 0..40 {
+        for _ in 0..20 {
             let c = b.f32(1.0);
             acc = b.op(op::ADD, &[acc, c]);
         }
         let p = b.finish(acc);
         assert!(p.registers() <= 2, "{}", p.registers());
-        // the result register is the last definition's
         let w = p.encode();
         assert_eq!(w[3] as usize, p.ins.len());
+        // 41 instructions fit the interpreter's info words but not the specialised kernel
+        assert!(p.fits());
+        assert!(!p.specialisable());
+        let o = p.overrides();
+        assert_eq!(o[0], ("COUNT".to_string(), 41.0));
     }
 
     #[test]

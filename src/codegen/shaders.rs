@@ -6,6 +6,10 @@ pub const SHADERS: &[(&str, &str)] = &[
         "elementwise",
         include_str!("../../shaders/elementwise.wgsl"),
     ),
+    (
+        "elementwise_specialised",
+        include_str!("../../shaders/elementwise_specialised.wgsl"),
+    ),
     ("copy", include_str!("../../shaders/copy.wgsl")),
     (
         "matmul_naive",
