@@ -75,6 +75,9 @@ def parse_args():
     ap.add_argument("--no-wonnx", action="store_true", help="do not run wonnx")
     ap.add_argument("--wonnx-prep", default=os.path.join(WONNX_PREP, "models_compat"),
                     help="folder of models prepared for wonnx (default %(default)s)")
+    ap.add_argument("--specialised", action="store_true",
+                    help="also time graft with --specialise (elementwise programs compiled into "
+                         "their own pipelines) in the same run, as an extra column")
     ap.add_argument("--timeout", type=float, default=600, help="seconds allowed per subprocess")
     return ap.parse_args()
 
@@ -98,11 +101,11 @@ def safe_name(name):
     return "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in name)
 
 
-def run_graft(graft, model, npz, runs, timeout, env):
+def run_graft(graft, model, npz, runs, timeout, env, extra=()):
     """Times `graft run --time`; the same run writes the outputs (of its warm-up) for the check."""
     out = tempfile.mkdtemp(prefix="bench_gpu_")
     cmd = [graft, "run", model, "--inputs", npz, "--time", str(runs), "--no-cache",
-           "--output-dir", out]
+           "--output-dir", out, *extra]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         timing = None
@@ -204,6 +207,8 @@ def main():
             fname = os.path.basename(model)
             label = f"{case}/{fname[:-5]}"
             g, got = run_graft(args.graft, model, npz, args.runs, args.timeout, env)
+            gs = (run_graft(args.graft, model, npz, args.runs, args.timeout, env,
+                            ["--specialise"])[0] if args.specialised else None)
             o, ort_out = run_ort(model, npz, args.runs, args.ort_threads)
             w = (run_wonnx(case, fname, args.runs, args.wonnx_prep, args.timeout, env)
                  if use_wonnx else None)
@@ -218,7 +223,10 @@ def main():
                     if g["status"] == "ok" and o["status"] == "ok" else None)
             r_gw = (g["median_ms"] / w["median_ms"]
                     if w and g["status"] == "ok" and w["status"] == "ok" else None)
-            res = {"model": label, "graft": g, "ort": o, "wonnx": w, "graft_over_ort": r_go,
+            r_so = (gs["median_ms"] / o["median_ms"]
+                    if gs and gs["status"] == "ok" and o["status"] == "ok" else None)
+            res = {"model": label, "graft": g, "graft_specialised": gs,
+                   "graft_specialised_over_ort": r_so, "ort": o, "wonnx": w, "graft_over_ort": r_go,
                    "graft_over_wonnx": r_gw, "rel_fro_graft_vs_ort": err}
             results.append(res)
             print(json.dumps(res), flush=True)
@@ -226,9 +234,15 @@ def main():
             for name, r in (("graft", g), ("ort", o), ("wonnx", w)):
                 if r and r["status"] == "error":
                     notes.append(f"{name}: {r['error'][:120]}")
-            rows.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
+            spec = ""
+            if args.specialised:
+                spec = " {} | {} |".format(
+                    fmt(gs.get("median_ms")) if gs["status"] == "ok" else "fail",
+                    fmt(r_so, ".2f"))
+            rows.append("| {} | {} |{} {} | {} | {} | {} | {} | {} |".format(
                 label,
                 fmt(g.get("median_ms")) if g["status"] == "ok" else "fail",
+                spec,
                 fmt(o.get("median_ms")) if o["status"] == "ok" else "fail",
                 fmt(r_go, ".2f"),
                 ("-" if not w else fmt(w["median_ms"]) if w["status"] == "ok"
@@ -240,16 +254,21 @@ def main():
     print()
     print(f"adapter: {adapter or '?'}")
     print(f"ONNX Runtime {ort.__version__}, CPUExecutionProvider, {threads}")
-    print("| model | graft-wgpu ms | ORT CPU ms | graft/ORT | wonnx ms | graft/wonnx | "
-          "rel err graft vs ORT | notes |")
+    spec_head = " graft --specialise ms | specialised/ORT |" if args.specialised else ""
+    print("| model | graft-wgpu ms |" + spec_head + " ORT CPU ms | graft/ORT | wonnx ms | "
+          "graft/wonnx | rel err graft vs ORT | notes |")
     # wonnx "n/a": no prepared copy of the model (prepare.py --compat covers .ts.onnx only)
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|" + ("---|---|" if args.specialised else "") + "---|---|---|---|---|---|")
     for r in rows:
         print(r)
     ok = [r for r in results if r["graft_over_ort"] is not None]
     if ok:
         gm = float(np.exp(np.mean(np.log([r["graft_over_ort"] for r in ok]))))
         print(f"\ngraft ran {len(ok)}/{len(results)} models; geometric mean graft/ORT {gm:.2f}")
+    sk = [r for r in results if r["graft_specialised_over_ort"] is not None]
+    if sk:
+        gm = float(np.exp(np.mean(np.log([r["graft_specialised_over_ort"] for r in sk]))))
+        print(f"graft --specialise ran {len(sk)}; geometric mean specialised/ORT {gm:.2f}")
     wk = [r for r in results if r["graft_over_wonnx"] is not None]
     if wk:
         gm = float(np.exp(np.mean(np.log([r["graft_over_wonnx"] for r in wk]))))
