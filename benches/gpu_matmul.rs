@@ -57,6 +57,8 @@ struct Case {
     m: usize,
     k: usize,
     n: usize,
+    /// Run only when named in GPU_MATMUL_CASES (sizes meant for real GPUs).
+    on_request: bool,
 }
 
 const CASES: &[Case] = &[
@@ -65,24 +67,35 @@ const CASES: &[Case] = &[
         m: 256,
         k: 256,
         n: 256,
+        on_request: false,
     },
     Case {
         name: "square_1024",
         m: 1024,
         k: 1024,
         n: 1024,
+        on_request: false,
     },
     Case {
         name: "square_2048",
         m: 2048,
         k: 2048,
         n: 2048,
+        on_request: false,
     },
     Case {
         name: "ffn_128x768x3072",
         m: 128,
         k: 768,
         n: 3072,
+        on_request: false,
+    },
+    Case {
+        name: "square_4096",
+        m: 4096,
+        k: 4096,
+        n: 4096,
+        on_request: true,
     },
 ];
 
@@ -323,10 +336,8 @@ fn main() {
         .ok()
         .map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
     for (ci, c) in CASES.iter().enumerate() {
-        if only
-            .as_ref()
-            .is_some_and(|o| !o.iter().any(|x| x == c.name))
-        {
+        let named = only.as_ref().map(|o| o.iter().any(|x| x == c.name));
+        if named == Some(false) || (c.on_request && named != Some(true)) {
             continue;
         }
         let model = matmul_model(c);
@@ -426,8 +437,17 @@ fn main() {
             "cpu_evaluator": cpu.json(flops),
             "tolerance": TOLERANCE,
         });
+        // GPU_PEAK_TFLOPS: the adapter's FP32 peak, to report each kernel as a share of it
+        let peak: Option<f64> = std::env::var("GPU_PEAK_TFLOPS")
+            .ok()
+            .and_then(|s| s.parse().ok());
         for (i, v) in VARIANTS.iter().enumerate() {
             line[*v] = gpu_t[i].json(flops);
+            if let (Some(p), Some(t)) = (peak, gpu_t[i].median()) {
+                let pct = flops / t / 1e12 / p * 100.0;
+                line[format!("percent_of_peak_{v}")] = json!(pct);
+                println!("{}: {v}: {pct:.1} % of the {p} TFLOP/s FP32 peak", c.name);
+            }
             line[format!("rel_fro_{v}")] = json!(errs[i]);
             if i != NAIVE {
                 line[format!("ratio_{v}_over_naive")] = json!(ratio(&gpu_t[i], naive));
