@@ -44,7 +44,7 @@ fn support(op: &str) -> (&'static str, &'static str) {
             "the Mean and InvStdDev outputs are not produced",
         ),
         "Softmax" | "LogSoftmax" => ("softmax", "float only"),
-        "ArgMax" | "ArgMin" => ("reduce", "float input"),
+        "ArgMax" | "ArgMin" => ("reduce", ""),
         "MaxPool" => ("pool2d", "1-D and 2-D; the Indices output is not produced"),
         "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => ("pool2d", "1-D and 2-D"),
         "Resize" => (

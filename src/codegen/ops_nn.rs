@@ -201,7 +201,8 @@ impl Lowerer<'_> {
     /// Reduce* and ArgMax/ArgMin.
     pub fn lower_reduce(&mut self, op_type: &str) -> Res<()> {
         let x = self.req(0)?;
-        if !x.is_float() {
+        let integer = !x.is_float();
+        if integer && matches!(op_type, "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp") {
             return Err(self.unsupported(format!("{op_type} on integer tensors")));
         }
         let rank = x.shape.len();
@@ -280,7 +281,7 @@ impl Lowerer<'_> {
             count as u32,
             0,
             (self.attr_i("select_last_index", 0) != 0) as u32,
-            0,
+            integer as u32,
         ];
         info.extend(kd);
         info.extend(ks);
