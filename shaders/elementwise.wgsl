@@ -171,7 +171,7 @@ fn unary_f(op: u32, x: f32) -> f32 {
         case 31u: { return asinh(x); }
         case 32u: { return acosh(x); }
         case 33u: { return atanh(x); }
-        case 34u: { return sign(x); }
+        case 34u: { if (is_nan(x)) { return x; } return sign(x); }
         case 35u: { return gelu_erf(x); }
         case 36u: { return gelu_tanh(x); }
         case 37u: { return max(x, 0.0) + log(1.0 + exp(-abs(x))); }
@@ -271,7 +271,7 @@ fn execute(op: u32, a: u32, b: u32, c: u32) -> u32 {
         }
         case 100u: { return bitcast<u32>(i32(bitcast<f32>(a))); }
         case 101u: { return bitcast<u32>(f32(i)); }
-        case 102u: { return b2u(bitcast<f32>(a) != 0.0); }
+        case 102u: { return b2u(!(bitcast<f32>(a) == 0.0)); }
         case 103u: { return b2u(a != 0u); }
         case 104u: { return bitcast<u32>(unpack2x16float(pack2x16float(vec2<f32>(bitcast<f32>(a), 0.0))).x); }
         case 105u: {

@@ -154,7 +154,11 @@ fn onnx_node_tests_on_wgpu() {
             }
             Outcome::Unsupported(why) => {
                 unsupported += 1;
-                let key = why.split(':').next().unwrap_or(&why).to_string();
+                // the op, or the reason without the node's name
+                let key = match why.find("WGSL backend: ") {
+                    Some(i) => why[i + 14..].to_string(),
+                    None => why.split(':').next().unwrap_or(&why).to_string(),
+                };
                 *why_unsupported.entry(key).or_default() += 1;
             }
             Outcome::Fail(why) => match gap {
@@ -171,6 +175,11 @@ fn onnx_node_tests_on_wgpu() {
         names.len(),
         gpu.describe()
     );
+    let mut reasons: Vec<(&String, &usize)> = why_unsupported.iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(a.1));
+    for (why, n) in reasons.iter().take(20) {
+        println!("  unsupported x{n}: {why}");
+    }
     for f in &failures {
         println!("FAILED {f}");
     }

@@ -493,6 +493,8 @@ pub fn read_dir(dir: &Path) -> Result<Compiled> {
             ),
         ));
     }
+    plan.validate(weights.len() as u64)
+        .map_err(|m| Error::bad_model(&plan_path, m))?;
     let mut shaders = BTreeMap::new();
     for k in &plan.kernels {
         if shaders.contains_key(&k.shader) {

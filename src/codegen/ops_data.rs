@@ -603,6 +603,14 @@ impl Lowerer<'_> {
         if n == 0 {
             return Ok(());
         }
+        if let Some(t) = idx.konst()
+            && let Some(v) = t.to_i64_vec()
+        {
+            let e = data.shape[axis] as i64;
+            if let Some(bad) = v.iter().find(|&&i| i < -e || i >= e) {
+                return Err(self.invalid(format!("index {bad} is out of range for an axis of {e}")));
+            }
+        }
         let inner: usize = data.shape[axis + 1..].iter().product();
         let info = vec![
             n as u32,

@@ -202,8 +202,13 @@ impl Lowerer<'_> {
         let f = x.float;
         let alpha = self.attr_f("alpha", f32::NAN);
         let r = match op_type {
-            "Abs" => b.op(if f { op::ABS } else { op::IABS }, &[x.reg]),
-            "Neg" => b.op(if f { op::NEG } else { op::INEG }, &[x.reg]),
+            "Abs" if f => b.op(op::ABS, &[x.reg]),
+            "Neg" if f => b.op(op::NEG, &[x.reg]),
+            "Abs" | "Neg" => {
+                let code = if op_type == "Abs" { op::IABS } else { op::INEG };
+                let r = b.op(code, &[x.reg]);
+                self.wrap_int(b, r, out_dtype)
+            }
             "Sign" => b.op(if f { op::SIGN } else { op::ISIGN }, &[x.reg]),
             "Relu" => {
                 if f {
@@ -296,7 +301,12 @@ impl Lowerer<'_> {
                         let n = b.f32(regs.len() as f32);
                         acc = b.op(op::DIV, &[acc, n]);
                     }
-                    acc
+                    // narrow integer types wrap as their own arithmetic does
+                    if f {
+                        acc
+                    } else {
+                        self.wrap_int(b, acc, out_dtype)
+                    }
                 }
             }
             "Equal" | "Less" | "LessOrEqual" | "Greater" | "GreaterOrEqual" => {

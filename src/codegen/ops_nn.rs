@@ -24,6 +24,12 @@ impl Lowerer<'_> {
             return Err(self.invalid("X must have rank at least 2"));
         }
         let c = x.shape[1];
+        if let Some(p) = params.iter().find(|p| p.numel() != c) {
+            return Err(self.invalid(format!(
+                "a parameter has {} elements for {c} channels",
+                p.numel()
+            )));
+        }
         // per-channel parameters viewed as [C, 1, ...] against X
         let mut pshape = vec![c];
         pshape.extend(std::iter::repeat_n(1, x.shape.len() - 2));
@@ -363,7 +369,23 @@ impl Lowerer<'_> {
         if self.attr_i("antialias", 0) != 0 {
             return Err(self.unsupported("antialias"));
         }
-        let ctm = self.attr_s("coordinate_transformation_mode", "half_pixel");
+        // Resize-10 maps coordinates asymmetrically; the attribute came with opset 11
+        let ctm = if self.opset < 11 {
+            "asymmetric".to_string()
+        } else {
+            self.attr_s("coordinate_transformation_mode", "half_pixel")
+        };
+        let known_at = |mode: &str| match mode {
+            "tf_half_pixel_for_nn" => (11..19).contains(&self.opset),
+            "half_pixel_symmetric" => self.opset >= 19,
+            _ => true,
+        };
+        if !known_at(&ctm) {
+            return Err(self.invalid(format!(
+                "coordinate_transformation_mode '{ctm}' does not exist at opset {}",
+                self.opset
+            )));
+        }
         let ctm_code = match ctm.as_str() {
             "half_pixel" => 0,
             "asymmetric" => 1,
@@ -375,7 +397,13 @@ impl Lowerer<'_> {
                 return Err(self.unsupported(format!("coordinate_transformation_mode '{other}'")));
             }
         };
-        let nearest = match self.attr_s("nearest_mode", "round_prefer_floor").as_str() {
+        // Resize-10 rounds nearest coordinates down
+        let nearest_mode = if self.opset < 11 {
+            "floor".to_string()
+        } else {
+            self.attr_s("nearest_mode", "round_prefer_floor")
+        };
+        let nearest = match nearest_mode.as_str() {
             "round_prefer_floor" => 0,
             "round_prefer_ceil" => 1,
             "floor" => 2,
@@ -413,6 +441,9 @@ impl Lowerer<'_> {
             (Some(s), _) => {
                 if s.len() != axes.len() {
                     return Err(self.invalid("scales do not match the axes"));
+                }
+                if s.iter().any(|&v| v <= 0.0 || !v.is_finite()) {
+                    return Err(self.invalid(format!("scales {s:?} must be positive")));
                 }
                 for (j, &a) in axes.iter().enumerate() {
                     scale_per[a] = s[j];

@@ -123,3 +123,76 @@ pub struct Port {
     pub shape: Vec<usize>,
     pub buffer: usize,
 }
+
+impl Plan {
+    /// Checks that every index and size in the plan is consistent, so a runner can use them
+    /// without further checks: kernels, buffers and ports referenced exist, ports fit their
+    /// buffers, weights lie inside the weights file, info fits its slot.
+    pub fn validate(&self, weights_len: u64) -> Result<(), String> {
+        const MAX_BUFFER: u64 = 1 << 40;
+        if u64::from(self.info_words) * 4 > u64::from(self.info_stride_bytes) {
+            return Err("info_words do not fit info_stride_bytes".into());
+        }
+        for (i, b) in self.buffers.iter().enumerate() {
+            if b.size > MAX_BUFFER {
+                return Err(format!("buffer {i} claims {} bytes", b.size));
+            }
+            if let Some(off) = b.weights_offset {
+                let end = off.checked_add(b.size).filter(|&e| e <= weights_len);
+                if end.is_none() {
+                    return Err(format!(
+                        "buffer {i} reads bytes {off}.. beyond the {weights_len}-byte weights"
+                    ));
+                }
+            } else if b.kind == BufferKind::Weight {
+                return Err(format!("weight buffer {i} has no weights_offset"));
+            }
+        }
+        for (i, k) in self.kernels.iter().enumerate() {
+            if k.bindings.is_empty() {
+                return Err(format!("kernel {i} ({}) has no bindings", k.name));
+            }
+        }
+        for (i, d) in self.dispatches.iter().enumerate() {
+            let k = self
+                .kernels
+                .get(d.kernel)
+                .ok_or_else(|| format!("dispatch {i} names kernel {}", d.kernel))?;
+            if d.buffers.len() + 1 != k.bindings.len() {
+                return Err(format!(
+                    "dispatch {i} binds {} buffers; kernel {} takes {}",
+                    d.buffers.len(),
+                    k.name,
+                    k.bindings.len() - 1
+                ));
+            }
+            if let Some(b) = d.buffers.iter().find(|&&b| b >= self.buffers.len()) {
+                return Err(format!("dispatch {i} names buffer {b}"));
+            }
+            if d.info.len() > self.info_words as usize {
+                return Err(format!("dispatch {i} has {} info words", d.info.len()));
+            }
+        }
+        for p in self.inputs.iter().chain(&self.outputs) {
+            let b = self
+                .buffers
+                .get(p.buffer)
+                .ok_or_else(|| format!("'{}' names buffer {}", p.name, p.buffer))?;
+            let words = p
+                .shape
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+                .and_then(|n| n.checked_mul(4));
+            if words.is_none_or(|w| w > b.size.max(4)) {
+                return Err(format!(
+                    "'{}' of shape {:?} does not fit buffer {} ({} bytes)",
+                    p.name, p.shape, p.buffer, b.size
+                ));
+            }
+            if p.storage != "f32" && p.storage != "i32" {
+                return Err(format!("'{}' has storage '{}'", p.name, p.storage));
+            }
+        }
+        Ok(())
+    }
+}

@@ -109,6 +109,8 @@ impl Executable {
         weights: &[u8],
         shader: &dyn Fn(&str) -> Result<String>,
     ) -> Result<Executable> {
+        plan.validate(weights.len() as u64)
+            .map_err(|m| Error::Gpu(format!("invalid plan: {m}")))?;
         let dev = &gpu.device;
         if plan.shader_f16 && !gpu.shader_f16 {
             return Err(Error::Gpu(format!(
@@ -218,7 +220,7 @@ impl Executable {
                     "dispatch {i} binds {} buffers; kernel {} takes {}",
                     d.buffers.len(),
                     k.name,
-                    k.bindings.len() - 1
+                    k.bindings.len().saturating_sub(1)
                 )));
             }
             let layout = pipelines[d.kernel].get_bind_group_layout(0);
