@@ -24,13 +24,23 @@ fn f32s(t: &TensorValue) -> Vec<f32> {
     t.to_f32_array().unwrap().iter().copied().collect()
 }
 
+/// A model's text, its inputs and the expected first output.
+type Case = (String, Vec<(String, TensorValue)>, Vec<f32>);
+
+/// A named edit of plan.json and the words the error must contain.
+type Edit = (
+    &'static str,
+    Box<dyn Fn(&mut serde_json::Value)>,
+    &'static str,
+);
+
 #[test]
 fn narrow_integers_wrap_nan_casts_to_true_and_sign_keeps_nan() {
     let Some(gpu) = gpu("gpu edge cases") else {
         return;
     };
     let h = header(17);
-    let cases: Vec<(String, Vec<(String, TensorValue)>, Vec<f32>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             format!(
                 "{h}g (uint8[4] a) => (float[4] y) {{\n s = Add (a, a)\n y = Cast <to: int = 1> (s)\n}}\n"
@@ -123,7 +133,7 @@ fn malformed_plans_are_errors_naming_the_problem() {
     assert!(o.status.success(), "{}", stderr(&o));
     let text = std::fs::read_to_string(plan.join("plan.json")).unwrap();
     let good: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let edits: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    let edits: Vec<Edit> = vec![
         (
             "input buffer",
             Box::new(|p| p["inputs"][0]["buffer"] = 99.into()),
