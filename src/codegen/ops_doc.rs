@@ -7,7 +7,7 @@ fn support(op: &str) -> (&'static str, &'static str) {
     if ops_ew::OPS.contains(&op) {
         let limits = match op {
             "Cast" | "CastLike" => {
-                "to and from every type with GPU storage; float16/bfloat16 results are rounded to their precision"
+                "to and from every type with GPU storage; float16/bfloat16 results are rounded to their precision; int64 results beyond the i32 range saturate"
             }
             "Pow" => "integer bases with float exponents are computed in f32 and truncated",
             "BitShift" => "shift amounts outside [0, 32) give 0 (left) or the sign fill (right)",
@@ -67,7 +67,7 @@ fn support(op: &str) -> (&'static str, &'static str) {
         ),
         "Gather" => (
             "gather",
-            "out-of-range indices are clamped (ONNX leaves them undefined)",
+            "constant indices out of range are refused; run-time ones are clamped (ONNX leaves them undefined)",
         ),
         "GatherElements" => ("gather_elements", "out-of-range indices are clamped"),
         "GatherND" => ("gather_nd", "out-of-range indices are clamped"),
