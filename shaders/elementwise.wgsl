@@ -1,12 +1,15 @@
-// Elementwise program interpreter: one kernel, one pipeline, for every elementwise op and every
-// fused chain of them.
+// Elementwise programs: one kernel for every elementwise op and every fused chain of them, with
+// two entry points.
 //
-// A chain of fused elementwise ONNX nodes is encoded as a small register program in the info
-// buffer; every invocation runs the same program (uniform control flow), so the kernel is
-// specialised by data, not by text. All tensors are 32-bit words: f32, or i32 for integer and
-// bool tensors (int64 is narrowed to i32 at the plan's edges). Each invocation computes four
-// consecutive output elements. elementwise_specialised.wgsl runs the same programs compiled
-// into their own pipelines.
+// A chain of fused elementwise ONNX nodes is a small register program. `main` interprets it from
+// the info buffer: one pipeline serves every program, and every invocation runs the same program
+// (uniform control flow). `specialised` takes the program from pipeline-overridable constants
+// (COUNT, RESULT and OPi, Di, Ai, Bi, Ci for instruction slot i < 24), so each program compiles
+// into its own pipeline with every opcode and register index known: the switches fold away and
+// the registers stay in registers (`--specialise`; only the ops of `execute4_fast`). Either way
+// the kernel is specialised by data, not by text. All tensors are 32-bit words: f32, or i32 for
+// integer and bool tensors (int64 is narrowed to i32 at the plan's edges). Each invocation
+// computes four consecutive output elements.
 //
 // info words:
 //   0 n (output elements)  1 rank  2 inputs  3 instructions  4 result register  5 output base
@@ -14,7 +17,7 @@
 //   8..8+rank                      output dims (after merging dimensions all inputs walk alike)
 //   then per input k: base, strides[rank] (element strides in the output's coordinates)
 //   then instructions, 5 words each: op, dst, a, b, c (for LOAD a is the input index, for
-//   CONST the value's bits)
+//   CONST the value's bits; `specialised` reads these five from OPi, Di, Ai, Bi, Ci instead)
 
 @group(0) @binding(0) var<uniform> info: array<vec4<u32>, 64>;
 @group(0) @binding(1) var<storage, read_write> dst: array<u32>;
@@ -24,6 +27,128 @@
 @group(0) @binding(5) var<storage, read> src3: array<u32>;
 
 override WG: u32 = 64u;
+override COUNT: u32 = 0u;
+override RESULT: u32 = 0u;
+override OP0: u32 = 0u;
+override D0: u32 = 0u;
+override A0: u32 = 0u;
+override B0: u32 = 0u;
+override C0: u32 = 0u;
+override OP1: u32 = 0u;
+override D1: u32 = 0u;
+override A1: u32 = 0u;
+override B1: u32 = 0u;
+override C1: u32 = 0u;
+override OP2: u32 = 0u;
+override D2: u32 = 0u;
+override A2: u32 = 0u;
+override B2: u32 = 0u;
+override C2: u32 = 0u;
+override OP3: u32 = 0u;
+override D3: u32 = 0u;
+override A3: u32 = 0u;
+override B3: u32 = 0u;
+override C3: u32 = 0u;
+override OP4: u32 = 0u;
+override D4: u32 = 0u;
+override A4: u32 = 0u;
+override B4: u32 = 0u;
+override C4: u32 = 0u;
+override OP5: u32 = 0u;
+override D5: u32 = 0u;
+override A5: u32 = 0u;
+override B5: u32 = 0u;
+override C5: u32 = 0u;
+override OP6: u32 = 0u;
+override D6: u32 = 0u;
+override A6: u32 = 0u;
+override B6: u32 = 0u;
+override C6: u32 = 0u;
+override OP7: u32 = 0u;
+override D7: u32 = 0u;
+override A7: u32 = 0u;
+override B7: u32 = 0u;
+override C7: u32 = 0u;
+override OP8: u32 = 0u;
+override D8: u32 = 0u;
+override A8: u32 = 0u;
+override B8: u32 = 0u;
+override C8: u32 = 0u;
+override OP9: u32 = 0u;
+override D9: u32 = 0u;
+override A9: u32 = 0u;
+override B9: u32 = 0u;
+override C9: u32 = 0u;
+override OP10: u32 = 0u;
+override D10: u32 = 0u;
+override A10: u32 = 0u;
+override B10: u32 = 0u;
+override C10: u32 = 0u;
+override OP11: u32 = 0u;
+override D11: u32 = 0u;
+override A11: u32 = 0u;
+override B11: u32 = 0u;
+override C11: u32 = 0u;
+override OP12: u32 = 0u;
+override D12: u32 = 0u;
+override A12: u32 = 0u;
+override B12: u32 = 0u;
+override C12: u32 = 0u;
+override OP13: u32 = 0u;
+override D13: u32 = 0u;
+override A13: u32 = 0u;
+override B13: u32 = 0u;
+override C13: u32 = 0u;
+override OP14: u32 = 0u;
+override D14: u32 = 0u;
+override A14: u32 = 0u;
+override B14: u32 = 0u;
+override C14: u32 = 0u;
+override OP15: u32 = 0u;
+override D15: u32 = 0u;
+override A15: u32 = 0u;
+override B15: u32 = 0u;
+override C15: u32 = 0u;
+override OP16: u32 = 0u;
+override D16: u32 = 0u;
+override A16: u32 = 0u;
+override B16: u32 = 0u;
+override C16: u32 = 0u;
+override OP17: u32 = 0u;
+override D17: u32 = 0u;
+override A17: u32 = 0u;
+override B17: u32 = 0u;
+override C17: u32 = 0u;
+override OP18: u32 = 0u;
+override D18: u32 = 0u;
+override A18: u32 = 0u;
+override B18: u32 = 0u;
+override C18: u32 = 0u;
+override OP19: u32 = 0u;
+override D19: u32 = 0u;
+override A19: u32 = 0u;
+override B19: u32 = 0u;
+override C19: u32 = 0u;
+override OP20: u32 = 0u;
+override D20: u32 = 0u;
+override A20: u32 = 0u;
+override B20: u32 = 0u;
+override C20: u32 = 0u;
+override OP21: u32 = 0u;
+override D21: u32 = 0u;
+override A21: u32 = 0u;
+override B21: u32 = 0u;
+override C21: u32 = 0u;
+override OP22: u32 = 0u;
+override D22: u32 = 0u;
+override A22: u32 = 0u;
+override B22: u32 = 0u;
+override C22: u32 = 0u;
+override OP23: u32 = 0u;
+override D23: u32 = 0u;
+override A23: u32 = 0u;
+override B23: u32 = 0u;
+override C23: u32 = 0u;
 
 fn word(i: u32) -> u32 {
     return info[i >> 2u][i & 3u];
@@ -308,8 +433,8 @@ fn scalar4(op: u32, a: vec4<u32>, b: vec4<u32>, c: vec4<u32>) -> vec4<u32> {
     return vec4<u32>(execute(op, a.x, b.x, c.x), execute(op, a.y, b.y, c.y), execute(op, a.z, b.z, c.z), execute(op, a.w, b.w, c.w));
 }
 
-// The common ops on four elements at once; the rest one lane at a time through `execute`.
-fn execute4(op: u32, a: vec4<u32>, b: vec4<u32>, c: vec4<u32>) -> vec4<u32> {
+// The common ops on four elements at once (the ones `specialised` accepts).
+fn execute4_fast(op: u32, a: vec4<u32>, b: vec4<u32>, c: vec4<u32>) -> vec4<u32> {
     let x = bitcast<vec4<f32>>(a);
     let y = bitcast<vec4<f32>>(b);
     let i = bitcast<vec4<i32>>(a);
@@ -337,10 +462,6 @@ fn execute4(op: u32, a: vec4<u32>, b: vec4<u32>, c: vec4<u32>) -> vec4<u32> {
         case 51u: { return bitcast<vec4<u32>>(x - y); }
         case 52u: { return bitcast<vec4<u32>>(x * y); }
         case 53u: { return bitcast<vec4<u32>>(x / y); }
-        case 54u: {
-            if (all(y == vec4<f32>(2.0))) { return bitcast<vec4<u32>>(x * x); }
-            return scalar4(op, a, b, c);
-        }
         case 55u: { return bitcast<vec4<u32>>(select(min(x, y), vec4<f32>(nan()), is_nan4(x) | is_nan4(y))); }
         case 56u: { return bitcast<vec4<u32>>(select(max(x, y), vec4<f32>(nan()), is_nan4(x) | is_nan4(y))); }
         case 60u: { return b2u4(x == y); }
@@ -364,6 +485,20 @@ fn execute4(op: u32, a: vec4<u32>, b: vec4<u32>, c: vec4<u32>) -> vec4<u32> {
         case 101u: { return bitcast<vec4<u32>>(vec4<f32>(i)); }
         case 103u: { return b2u4(a != vec4<u32>(0u)); }
         case 110u: { return select(c, b, a != vec4<u32>(0u)); }
+        default: { return vec4<u32>(0u); }
+    }
+}
+
+// Every op on four elements: the common ones at once, x*x for Pow by 2, the rest one lane at a
+// time through `execute`.
+fn execute4(op: u32, a: vec4<u32>, b: vec4<u32>, c: vec4<u32>) -> vec4<u32> {
+    switch op {
+        case 10u, 11u, 12u, 13u, 14u, 15u, 16u, 17u, 18u, 19u, 35u, 36u, 50u, 51u, 52u, 53u, 55u, 56u, 60u, 61u, 62u, 63u, 64u, 70u, 71u, 72u, 76u, 77u, 85u, 86u, 87u, 88u, 89u, 90u, 91u, 93u, 101u, 103u, 110u: { return execute4_fast(op, a, b, c); }
+        case 54u: {
+            let x = bitcast<vec4<f32>>(a);
+            if (all(bitcast<vec4<f32>>(b) == vec4<f32>(2.0))) { return bitcast<vec4<u32>>(x * x); }
+            return scalar4(op, a, b, c);
+        }
         default: { return scalar4(op, a, b, c); }
     }
 }
@@ -424,5 +559,65 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
     let base = word(5u) + first;
     for (var l = 0u; l < lanes; l = l + 1u) {
         dst[base + l] = result[l];
+    }
+}
+
+// One instruction on the register file.
+fn slot(r: ptr<function, array<vec4<u32>, 16>>, op: u32, d: u32, a: u32, b: u32, c: u32, first: u32, lanes: u32, rank: u32, inputs: u32) {
+    if (op == 0u) {
+        var v = vec4<u32>(0u);
+        for (var l = 0u; l < lanes; l = l + 1u) {
+            v[l] = load_input(a, input_offset(a, first + l, rank, inputs));
+        }
+        (*r)[d] = v;
+    } else if (op == 1u) {
+        (*r)[d] = vec4<u32>(a);
+    } else if (op == 2u) {
+        (*r)[d] = (*r)[a];
+    } else {
+        (*r)[d] = execute4_fast(op, (*r)[a], (*r)[b], (*r)[c]);
+    }
+}
+
+// The program from override constants, compiled into the pipeline.
+@compute @workgroup_size(WG)
+fn specialised(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let first = (gid.x + gid.y * nwg.x * WG) * 4u;
+    let n = word(0u);
+    if (first >= n) {
+        return;
+    }
+    let l = min(n - first, 4u);
+    let k = word(1u);
+    let m = word(2u);
+    var r: array<vec4<u32>, 16>;
+    if (COUNT > 0u) { slot(&r, OP0, D0, A0, B0, C0, first, l, k, m); }
+    if (COUNT > 1u) { slot(&r, OP1, D1, A1, B1, C1, first, l, k, m); }
+    if (COUNT > 2u) { slot(&r, OP2, D2, A2, B2, C2, first, l, k, m); }
+    if (COUNT > 3u) { slot(&r, OP3, D3, A3, B3, C3, first, l, k, m); }
+    if (COUNT > 4u) { slot(&r, OP4, D4, A4, B4, C4, first, l, k, m); }
+    if (COUNT > 5u) { slot(&r, OP5, D5, A5, B5, C5, first, l, k, m); }
+    if (COUNT > 6u) { slot(&r, OP6, D6, A6, B6, C6, first, l, k, m); }
+    if (COUNT > 7u) { slot(&r, OP7, D7, A7, B7, C7, first, l, k, m); }
+    if (COUNT > 8u) { slot(&r, OP8, D8, A8, B8, C8, first, l, k, m); }
+    if (COUNT > 9u) { slot(&r, OP9, D9, A9, B9, C9, first, l, k, m); }
+    if (COUNT > 10u) { slot(&r, OP10, D10, A10, B10, C10, first, l, k, m); }
+    if (COUNT > 11u) { slot(&r, OP11, D11, A11, B11, C11, first, l, k, m); }
+    if (COUNT > 12u) { slot(&r, OP12, D12, A12, B12, C12, first, l, k, m); }
+    if (COUNT > 13u) { slot(&r, OP13, D13, A13, B13, C13, first, l, k, m); }
+    if (COUNT > 14u) { slot(&r, OP14, D14, A14, B14, C14, first, l, k, m); }
+    if (COUNT > 15u) { slot(&r, OP15, D15, A15, B15, C15, first, l, k, m); }
+    if (COUNT > 16u) { slot(&r, OP16, D16, A16, B16, C16, first, l, k, m); }
+    if (COUNT > 17u) { slot(&r, OP17, D17, A17, B17, C17, first, l, k, m); }
+    if (COUNT > 18u) { slot(&r, OP18, D18, A18, B18, C18, first, l, k, m); }
+    if (COUNT > 19u) { slot(&r, OP19, D19, A19, B19, C19, first, l, k, m); }
+    if (COUNT > 20u) { slot(&r, OP20, D20, A20, B20, C20, first, l, k, m); }
+    if (COUNT > 21u) { slot(&r, OP21, D21, A21, B21, C21, first, l, k, m); }
+    if (COUNT > 22u) { slot(&r, OP22, D22, A22, B22, C22, first, l, k, m); }
+    if (COUNT > 23u) { slot(&r, OP23, D23, A23, B23, C23, first, l, k, m); }
+    let result = r[RESULT];
+    let base = word(5u) + first;
+    for (var e = 0u; e < l; e = e + 1u) {
+        dst[base + e] = result[e];
     }
 }

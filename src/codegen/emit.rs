@@ -187,8 +187,9 @@ pub fn emit(
         let k = match kernel_index.get(&key) {
             Some(&k) => k,
             None => {
-                let src = shaders::source(name).expect("kernel source");
-                let module = shaders::validate(name, src).map_err(Error::Compile)?;
+                let (file, entry) = shaders::file_and_entry(name);
+                let src = shaders::source(file).expect("kernel source");
+                let module = shaders::validate(file, src).map_err(Error::Compile)?;
                 let flat = !matches!(
                     name,
                     "matmul_tiled" | "matmul_tiled_f16w" | "matmul_vec4" | "layernorm" | "softmax"
@@ -204,8 +205,8 @@ pub fn emit(
                 };
                 kernels.push(Kernel {
                     name: name.to_string(),
-                    shader: format!("{name}.wgsl"),
-                    entry_point: "main".into(),
+                    shader: format!("{file}.wgsl"),
+                    entry_point: entry.into(),
                     overrides,
                     bindings: shaders::bindings(&module)
                         .into_iter()
@@ -213,7 +214,7 @@ pub fn emit(
                         .collect(),
                     workgroup_size: wg,
                 });
-                used_shaders.insert(format!("{name}.wgsl"), src.to_string());
+                used_shaders.insert(format!("{file}.wgsl"), src.to_string());
                 kernel_index.insert(key, kernels.len() - 1);
                 kernels.len() - 1
             }

@@ -50,8 +50,9 @@ pub struct CompileOptions {
     pub matmul_variant: Option<String>,
     /// Turn off fusion (for tests and for reading plans).
     pub no_fusion: bool,
-    /// Compile elementwise programs into their own pipelines (`elementwise_specialised.wgsl`)
-    /// instead of interpreting them: faster dispatches, a pipeline compile per distinct program.
+    /// Compile elementwise programs into their own pipelines (the `specialised` entry point of
+    /// `elementwise.wgsl`) instead of interpreting them: faster dispatches, a pipeline compile
+    /// per distinct program.
     pub specialise: bool,
     /// Allow kernels that need the adapter's `shader-f16` feature: float16 weights of MatMul and
     /// Gemm are then stored as f16 (half the memory), and the plan says so.

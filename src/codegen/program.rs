@@ -96,9 +96,11 @@ pub mod op {
 
 /// Registers in the kernel (`var r: array<vec4<u32>, 16>` in the shader).
 pub const REGISTERS: usize = 16;
-/// Instruction slots of `elementwise_specialised.wgsl` (OP0..OP23 and friends).
+/// Instruction slots of the `specialised` entry point of `elementwise.wgsl` (OP0..OP23 and
+/// friends).
 pub const SLOTS: usize = 24;
-/// Opcodes `elementwise_specialised.wgsl` implements (its `execute4`), besides LOAD, CONST, MOV.
+/// Opcodes the `specialised` entry point implements (`execute4_fast` in `elementwise.wgsl`),
+/// besides LOAD, CONST, MOV.
 pub const SPECIALISABLE: &[u32] = &[
     op::NEG,
     op::ABS,
@@ -422,7 +424,7 @@ impl Program {
         }
     }
 
-    /// Whether `elementwise_specialised.wgsl` can run this program.
+    /// Whether the `specialised` entry point of `elementwise.wgsl` can run this program.
     pub fn specialisable(&self) -> bool {
         self.ins.len() <= SLOTS
             && self.ins.iter().all(|i| match i {
@@ -518,8 +520,8 @@ mod tests {
 
     #[test]
     fn the_specialised_kernel_implements_exactly_the_specialisable_ops() {
-        let src = crate::codegen::shaders::source("elementwise_specialised").unwrap();
-        let body = &src[src.find("fn execute4(").unwrap()..];
+        let src = crate::codegen::shaders::source("elementwise").unwrap();
+        let body = &src[src.find("fn execute4_fast(").unwrap()..];
         let body = &body[..body.find("\n}\n").unwrap()];
         let mut cases: Vec<u32> = body
             .split("case ")

@@ -6,10 +6,6 @@ pub const SHADERS: &[(&str, &str)] = &[
         "elementwise",
         include_str!("../../shaders/elementwise.wgsl"),
     ),
-    (
-        "elementwise_specialised",
-        include_str!("../../shaders/elementwise_specialised.wgsl"),
-    ),
     ("copy", include_str!("../../shaders/copy.wgsl")),
     (
         "matmul_naive",
@@ -47,7 +43,16 @@ pub const SHADERS: &[(&str, &str)] = &[
     ("scatter_nd", include_str!("../../shaders/scatter_nd.wgsl")),
 ];
 
-/// The source of kernel `name`.
+/// The shader file (without `.wgsl`) and entry point of a kernel: a kernel is a shader's `main`,
+/// except `elementwise_specialised`, the `specialised` entry point of `elementwise.wgsl`.
+pub fn file_and_entry(kernel: &str) -> (&str, &'static str) {
+    match kernel {
+        "elementwise_specialised" => ("elementwise", "specialised"),
+        other => (other, "main"),
+    }
+}
+
+/// The source of shader file `name` (without `.wgsl`).
 pub fn source(name: &str) -> Option<&'static str> {
     SHADERS.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
 }
