@@ -5,7 +5,7 @@
 //   0 n (outputs)  1 N  2 C  3 H  4 W  5 M (output channels)  6 OH  7 OW  8 KH  9 KW
 //   10 stride h  11 stride w  12 dilation h  13 dilation w  14 pad top  15 pad left  16 groups
 //   17 has bias  18 activation  19 p0 (f32 bits)  20 p1 (f32 bits)
-// activations as in matmul_naive.wgsl.
+// activations as in matmul.wgsl.
 
 @group(0) @binding(0) var<uniform> info: array<vec4<u32>, 64>;
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;

@@ -1,6 +1,6 @@
-// matmul_tiled.wgsl with B (constant weights) stored as f16, for adapters with shader-f16:
+// the `tiled` kernel of matmul.wgsl with B (constant weights) stored as f16, for adapters with shader-f16:
 // half the weight memory and bandwidth; products and sums stay in f32.
-// Same info layout and epilogue as matmul_naive.wgsl. Dispatch: (ceil(N/64), ceil(M/64), batch).
+// Same info layout and epilogue as matmul.wgsl. Dispatch: (ceil(N/64), ceil(M/64), batch).
 
 enable f16;
 

@@ -4,7 +4,7 @@
 // invocation and staged through workgroup memory; results are stored as vec4.
 // Requires (checked by the compiler): A contiguous along K, B and the output contiguous along N,
 // K and N multiples of 4, every base and stride a multiple of 4.
-// Same info layout and epilogue as matmul_naive.wgsl. Dispatch: (ceil(N/64), ceil(M/64), batch).
+// Same info layout and epilogue as matmul.wgsl. Dispatch: (ceil(N/64), ceil(M/64), batch).
 
 @group(0) @binding(0) var<uniform> info: array<vec4<u32>, 64>;
 @group(0) @binding(1) var<storage, read_write> dst: array<vec4<f32>>;

@@ -101,7 +101,7 @@ pub struct LBuf {
     pub names: Vec<String>,
 }
 
-/// A fixed-function matrix product with its epilogue (see shaders/matmul_naive.wgsl).
+/// A fixed-function matrix product with its epilogue (see shaders/matmul.wgsl).
 #[derive(Debug, Clone)]
 pub struct MatMulStep {
     pub m: usize,

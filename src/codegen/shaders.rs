@@ -7,14 +7,7 @@ pub const SHADERS: &[(&str, &str)] = &[
         include_str!("../../shaders/elementwise.wgsl"),
     ),
     ("copy", include_str!("../../shaders/copy.wgsl")),
-    (
-        "matmul_naive",
-        include_str!("../../shaders/matmul_naive.wgsl"),
-    ),
-    (
-        "matmul_tiled",
-        include_str!("../../shaders/matmul_tiled.wgsl"),
-    ),
+    ("matmul", include_str!("../../shaders/matmul.wgsl")),
     (
         "matmul_vec4",
         include_str!("../../shaders/matmul_vec4.wgsl"),
@@ -44,10 +37,12 @@ pub const SHADERS: &[(&str, &str)] = &[
 ];
 
 /// The shader file (without `.wgsl`) and entry point of a kernel: a kernel is a shader's `main`,
-/// except `elementwise_specialised`, the `specialised` entry point of `elementwise.wgsl`.
+/// except the kernels that share a file with a sibling.
 pub fn file_and_entry(kernel: &str) -> (&str, &'static str) {
     match kernel {
         "elementwise_specialised" => ("elementwise", "specialised"),
+        "matmul_naive" => ("matmul", "naive"),
+        "matmul_tiled" => ("matmul", "tiled"),
         other => (other, "main"),
     }
 }

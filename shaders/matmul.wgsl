@@ -1,13 +1,29 @@
-// Batched matrix product with a fused epilogue, tiled for GPUs: a 16x16 workgroup computes a
-// 64x64 output tile, each invocation a 4x4 block held in registers; 64x16 tiles of A and 16x64
-// tiles of B are staged through workgroup memory, four 4-wide rows per invocation.
-// Same info layout and epilogue as matmul_naive.wgsl. Dispatch: (ceil(N/64), ceil(M/64), batch).
+// Batched matrix product with a fused epilogue, two entry points:
+// - `naive`: one output element per invocation; for small products, and the benchmark baseline.
+//   Dispatch: flat over batch * M * N.
+// - `tiled`: a 16x16 workgroup computes a 64x64 output tile, each invocation a 4x4 block held in
+//   registers; 64x16 tiles of A and 16x64 tiles of B are staged through workgroup memory, four
+//   4-wide rows per invocation. Dispatch: (ceil(N/64), ceil(M/64), batch).
+//
+// out[b, m, n] = act(alpha * sum_k A[b, m, k] * B[b, k, n] + bias[b, m, n])
+// A, B and bias are addressed through strides, so transposed operands (Gemm transA/transB) and
+// broadcast batch dimensions need no copies.
+//
+// info words (shared with matmul_vec4.wgsl and matmul_tiled_f16w.wgsl):
+//   0 M  1 N  2 K  3 batch count  4 activation  5 activation p0 (f32 bits)  6 p1  7 alpha (f32 bits)
+//   8 A base  9 A m-stride  10 A k-stride  11 B base  12 B k-stride  13 B n-stride
+//   14 has bias  15 bias base  16 bias m-stride  17 bias n-stride  18 output base  19 batch rank
+//   20 + 4*d ..: per batch dimension d: extent, A stride, B stride, bias stride
+// activations: 0 none, 1 relu, 2 tanh, 3 sigmoid, 4 gelu (erf), 5 gelu (tanh), 6 clip(p0, p1),
+//              7 leaky relu(p0)
 
 @group(0) @binding(0) var<uniform> info: array<vec4<u32>, 64>;
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;
 @group(0) @binding(2) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
+
+override WG: u32 = 64u;
 
 const TILE: u32 = 64u;
 const KT: u32 = 16u;
@@ -40,27 +56,64 @@ fn activate(x: f32) -> f32 {
     }
 }
 
-@compute @workgroup_size(16, 16, 1)
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let m_count = word(0u);
-    let n_count = word(1u);
-    let k_count = word(2u);
-    let m0 = wid.y * TILE;
-    let n0 = wid.x * TILE;
-    var batch = wid.z;
-    var a_off = word(8u);
-    var b_off = word(11u);
-    var c_off = word(15u);
+// Element offsets of A, B and the bias for one batch index, through the batch strides.
+fn batch_offsets(batch_index: u32) -> vec3<u32> {
+    var batch = batch_index;
+    var off = vec3<u32>(word(8u), word(11u), word(15u));
     let rank = word(19u);
     for (var t = 0u; t < rank; t = t + 1u) {
         let at = 20u + 4u * (rank - 1u - t);
         let e = word(at);
         let c = batch % e;
         batch = batch / e;
-        a_off = a_off + c * word(at + 1u);
-        b_off = b_off + c * word(at + 2u);
-        c_off = c_off + c * word(at + 3u);
+        off = off + c * vec3<u32>(word(at + 1u), word(at + 2u), word(at + 3u));
     }
+    return off;
+}
+
+@compute @workgroup_size(WG)
+fn naive(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = gid.x + gid.y * nwg.x * WG;
+    let m_count = word(0u);
+    let n_count = word(1u);
+    let k_count = word(2u);
+    if (idx >= m_count * n_count * word(3u)) {
+        return;
+    }
+    let n = idx % n_count;
+    let m = (idx / n_count) % m_count;
+    let offs = batch_offsets(idx / (n_count * m_count));
+    let a_off = offs.x;
+    let b_off = offs.y;
+    let c_off = offs.z;
+    let a_ks = word(10u);
+    let b_ks = word(12u);
+    var ai = a_off + m * word(9u);
+    var bi = b_off + n * word(13u);
+    var acc = 0.0;
+    for (var k = 0u; k < k_count; k = k + 1u) {
+        acc = acc + a[ai] * b[bi];
+        ai = ai + a_ks;
+        bi = bi + b_ks;
+    }
+    var v = acc * bitcast<f32>(word(7u));
+    if (word(14u) != 0u) {
+        v = v + bias[c_off + m * word(16u) + n * word(17u)];
+    }
+    dst[word(18u) + idx] = activate(v);
+}
+
+@compute @workgroup_size(16, 16, 1)
+fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let m_count = word(0u);
+    let n_count = word(1u);
+    let k_count = word(2u);
+    let m0 = wid.y * TILE;
+    let n0 = wid.x * TILE;
+    let offs = batch_offsets(wid.z);
+    let a_off = offs.x;
+    let b_off = offs.y;
+    let c_off = offs.z;
     let a_ms = word(9u);
     let a_ks = word(10u);
     let b_ks = word(12u);
