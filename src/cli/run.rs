@@ -76,15 +76,17 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
     if a.target.join("model.onnx").is_file() && has_data_sets(&a.target) {
         return run_backend_test(&a);
     }
-    let plan_dir = a.target.join("plan.json").is_file();
-    let model_path = if plan_dir {
-        let c = graft::codegen::read_dir(&a.target)?;
-        PathBuf::from(c.plan.source.path)
+    // a plan folder (with its weights) is read once
+    let plan = if a.target.join("plan.json").is_file() {
+        Some(graft::codegen::read_dir(&a.target)?)
     } else {
-        a.target.clone()
+        None
     };
-    let inputs = if plan_dir {
-        let c = graft::codegen::read_dir(&a.target)?;
+    let model_path = match &plan {
+        Some(c) => PathBuf::from(&c.plan.source.path),
+        None => a.target.clone(),
+    };
+    let inputs = if let Some(c) = &plan {
         let mut names: Vec<(String, i32)> = c
             .plan
             .inputs
@@ -116,8 +118,7 @@ pub fn run(a: Args) -> anyhow::Result<i32> {
         }
         out
     } else {
-        let compiled = if plan_dir {
-            let c = graft::codegen::read_dir(&a.target)?;
+        let compiled = if let Some(c) = plan {
             match mismatch(&c.plan.specialised_for, &inputs) {
                 None => c,
                 Some(why) => {

@@ -9,7 +9,6 @@ use super::lower::{BufKind, Data, Lowerer, StepKind, Val, flat_groups, storage_o
 use super::plan::{self, Binding, Buffer, BufferKind, Dispatch, Kernel, Plan, Port};
 use super::program::INFO_WORDS;
 use super::{CompileOptions, shaders};
-use crate::ir::Model;
 use crate::{Error, Result};
 
 /// A compiled model: the plan, the weights it refers to and the kernel sources it uses.
@@ -24,7 +23,6 @@ pub struct Compiled {
 const WEIGHT_ALIGN: usize = 256;
 
 pub fn emit(
-    _model: &Model,
     mut lw: Lowerer,
     inputs: Vec<(String, Val)>,
     outputs: Vec<(String, Val)>,

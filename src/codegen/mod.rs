@@ -304,7 +304,7 @@ fn compile_once(
     if !opts.no_fusion {
         fuse::fuse(&mut lw, &outputs);
     }
-    Ok(emit::emit(model, lw, inputs, outputs, spec, opts)?)
+    Ok(emit::emit(lw, inputs, outputs, spec, opts)?)
 }
 
 /// The shape a value info declares, or the name of its first non-fixed dimension.

@@ -14,6 +14,15 @@ impl Lowerer<'_> {
         Ok(())
     }
 
+    /// A matmul's B operand: held as f16 where `buf_f16` allows, else as 32-bit words; the flag
+    /// says which.
+    fn weight_buf(&mut self, b: &Val) -> Res<(super::BufId, bool)> {
+        Ok(match self.buf_f16(b) {
+            Some(h) => (h, true),
+            None => (self.buf(b)?, false),
+        })
+    }
+
     /// MatMul with numpy semantics: 1-D operands are promoted and the added axis dropped;
     /// batch dimensions broadcast through zero strides.
     pub fn lower_matmul(&mut self) -> Res<()> {
@@ -57,10 +66,7 @@ impl Lowerer<'_> {
         }
         let out = self.out_buf(0, &out_shape, a.dtype)?;
         let abuf = self.buf(&a)?;
-        let (bbuf, b_f16) = match self.buf_f16(&b) {
-            Some(h) => (h, true),
-            None => (self.buf(&b)?, false),
-        };
+        let (bbuf, b_f16) = self.weight_buf(&b)?;
         let batch_dims = batch
             .iter()
             .enumerate()
@@ -162,10 +168,7 @@ impl Lowerer<'_> {
         };
         let out = self.out_buf(0, &[m, n], a.dtype)?;
         let abuf = self.buf(&a)?;
-        let (bbuf, b_f16) = match self.buf_f16(&b) {
-            Some(h) => (h, true),
-            None => (self.buf(&b)?, false),
-        };
+        let (bbuf, b_f16) = self.weight_buf(&b)?;
         let (a_ms, a_ks) = if ta { (1, m) } else { (k, 1) };
         let (b_ks, b_ns) = if tb { (1, k) } else { (n, 1) };
         self.push(StepKind::MatMul(MatMulStep {
@@ -294,48 +297,39 @@ impl Lowerer<'_> {
             .attr_ints("output_padding")
             .map(|v| v.iter().map(|&d| d.max(0) as usize).collect::<Vec<_>>())
             .unwrap_or_else(|| vec![0; r]);
-        let out_sp: Vec<usize> = if let Some(os) = self.attr_ints("output_shape") {
-            let os: Vec<usize> = os.iter().rev().take(r).rev().map(|&d| d as usize).collect();
-            // total padding implied by the requested shape, split as auto_pad says
-            for i in 0..r {
-                let full = sp.strides[i] * (x.shape[2 + i] - 1)
+        // the unpadded output extent; padding comes off it (output_shape and SAME_* imply the
+        // total, split as auto_pad says)
+        let full: Vec<usize> = (0..r)
+            .map(|i| {
+                sp.strides[i] * (x.shape[2 + i] - 1)
                     + out_pad.get(i).copied().unwrap_or(0)
                     + (kernel[i] - 1) * sp.dilations[i]
-                    + 1;
-                let total = full.saturating_sub(os[i]);
-                let (lo, hi) = if sp.auto_pad == "SAME_UPPER" {
-                    (total / 2, total - total / 2)
-                } else {
-                    (total - total / 2, total / 2)
+                    + 1
+            })
+            .collect();
+        let requested: Option<Vec<usize>> = self
+            .attr_ints("output_shape")
+            .map(|os| os.iter().rev().take(r).rev().map(|&d| d as usize).collect());
+        if requested.as_ref().is_some_and(|os| os.len() != r) {
+            return Err(self.invalid("output_shape does not give every spatial dimension"));
+        }
+        let same = sp.auto_pad == "SAME_UPPER" || sp.auto_pad == "SAME_LOWER";
+        let out_sp: Vec<usize> = (0..r)
+            .map(|i| {
+                let target = match &requested {
+                    Some(os) => Some(os[i]),
+                    None if same => Some(x.shape[2 + i] * sp.strides[i]),
+                    None => None,
                 };
-                sp.pads[i] = lo;
-                sp.pads[r + i] = hi;
-            }
-            os
-        } else {
-            (0..r)
-                .map(|i| {
-                    let full = sp.strides[i] * (x.shape[2 + i] - 1)
-                        + out_pad.get(i).copied().unwrap_or(0)
-                        + (kernel[i] - 1) * sp.dilations[i]
-                        + 1;
-                    if sp.auto_pad == "SAME_UPPER" || sp.auto_pad == "SAME_LOWER" {
-                        let target = x.shape[2 + i] * sp.strides[i];
-                        let total = full.saturating_sub(target);
-                        let (lo, hi) = if sp.auto_pad == "SAME_UPPER" {
-                            (total / 2, total - total / 2)
-                        } else {
-                            (total - total / 2, total / 2)
-                        };
-                        sp.pads[i] = lo;
-                        sp.pads[r + i] = hi;
-                        target
-                    } else {
-                        full.saturating_sub(sp.pads[i] + sp.pads[r + i])
+                match target {
+                    Some(t) => {
+                        sp.split_pad(i, full[i].saturating_sub(t));
+                        t
                     }
-                })
-                .collect()
-        };
+                    None => full[i].saturating_sub(sp.pads[i] + sp.pads[r + i]),
+                }
+            })
+            .collect();
         let bias = self.opt(2)?;
         let mut out_shape = vec![n, mo];
         out_shape.extend(&out_sp);
@@ -365,6 +359,19 @@ pub struct Spatial {
 }
 
 impl Spatial {
+    /// Splits `total` padding of dimension `i` into begin and end pads: the odd one goes to the
+    /// end for SAME_UPPER, to the beginning otherwise.
+    fn split_pad(&mut self, i: usize, total: usize) {
+        let r = self.kernel.len();
+        let (lo, hi) = if self.auto_pad == "SAME_UPPER" {
+            (total / 2, total - total / 2)
+        } else {
+            (total - total / 2, total / 2)
+        };
+        self.pads[i] = lo;
+        self.pads[r + i] = hi;
+    }
+
     /// Output extents of a convolution-like window, resolving auto_pad into `pads`.
     pub fn conv_output(&mut self, input: &[usize]) -> Result<Vec<usize>, String> {
         self.window_output(input, false)
@@ -384,14 +391,7 @@ impl Spatial {
             match self.auto_pad.as_str() {
                 "SAME_UPPER" | "SAME_LOWER" => {
                     let o = input[i].div_ceil(s);
-                    let total = ((o - 1) * s + eff).saturating_sub(input[i]);
-                    let (lo, hi) = if self.auto_pad == "SAME_UPPER" {
-                        (total / 2, total - total / 2)
-                    } else {
-                        (total - total / 2, total / 2)
-                    };
-                    self.pads[i] = lo;
-                    self.pads[r + i] = hi;
+                    self.split_pad(i, ((o - 1) * s + eff).saturating_sub(input[i]));
                     out.push(o);
                 }
                 "VALID" => {
